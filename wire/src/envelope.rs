@@ -113,7 +113,9 @@ impl std::str::FromStr for Acks {
             "none" | "0" => Ok(Acks::None),
             "leader" | "1" => Ok(Acks::Leader),
             "fsync" | "all" | "-1" => Ok(Acks::Fsync),
-            other => Err(format!("unknown acks level {other:?}: use none, leader or fsync")),
+            other => Err(format!(
+                "unknown acks level {other:?}: use none, leader or fsync"
+            )),
         }
     }
 }
@@ -431,7 +433,9 @@ pub enum EnvelopeError {
     Missing(&'static str),
     #[error("unknown api {0}")]
     UnknownApi(u16),
-    #[error("unsupported version {version} of api {api}: this broker speaks version {API_VERSION}")]
+    #[error(
+        "unsupported version {version} of api {api}: this broker speaks version {API_VERSION}"
+    )]
     UnsupportedVersion { api: &'static str, version: u16 },
     #[error("invalid field {field}: {reason}")]
     Invalid {
@@ -471,7 +475,10 @@ fn enc_error(fbb: &mut Fbb, error: &Option<ApiError>) -> Option<WIPOffset<fb::Er
     ))
 }
 
-fn enc_strings(fbb: &mut Fbb, items: &[String]) -> WIPOffset<Vector<'static, ForwardsUOffset<&'static str>>> {
+fn enc_strings(
+    fbb: &mut Fbb,
+    items: &[String],
+) -> WIPOffset<Vector<'static, ForwardsUOffset<&'static str>>> {
     let offsets: Vec<_> = items.iter().map(|s| fbb.create_string(s)).collect();
     fbb.create_vector(&offsets)
 }
@@ -497,14 +504,23 @@ fn enc_configs(
     fbb.create_vector(&offsets)
 }
 
-fn enc_topic_results(fbb: &mut Fbb, results: &TopicResults) -> WIPOffset<Vector<'static, ForwardsUOffset<fb::TopicResult<'static>>>> {
+fn enc_topic_results(
+    fbb: &mut Fbb,
+    results: &TopicResults,
+) -> WIPOffset<Vector<'static, ForwardsUOffset<fb::TopicResult<'static>>>> {
     let offsets: Vec<_> = results
         .results
         .iter()
         .map(|r| {
             let name = fbb.create_string(&r.name);
             let error = enc_error(fbb, &r.error);
-            fb::TopicResult::create(fbb, &fb::TopicResultArgs { name: Some(name), error })
+            fb::TopicResult::create(
+                fbb,
+                &fb::TopicResultArgs {
+                    name: Some(name),
+                    error,
+                },
+            )
         })
         .collect();
     fbb.create_vector(&offsets)
@@ -546,7 +562,10 @@ impl Request {
         fbb.finished_data()
     }
 
-    fn encode_body(&self, fbb: &mut Fbb) -> (fb::RequestBody, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    fn encode_body(
+        &self,
+        fbb: &mut Fbb,
+    ) -> (fb::RequestBody, WIPOffset<flatbuffers::UnionWIPOffset>) {
         match &self.body {
             RequestBody::ApiVersions => {
                 let t = fb::ApiVersionsRequest::create(fbb, &fb::ApiVersionsRequestArgs {});
@@ -708,7 +727,12 @@ impl Request {
                     })
                     .collect();
                 let topics = fbb.create_vector(&topics);
-                let t = fb::ListOffsetsRequest::create(fbb, &fb::ListOffsetsRequestArgs { topics: Some(topics) });
+                let t = fb::ListOffsetsRequest::create(
+                    fbb,
+                    &fb::ListOffsetsRequestArgs {
+                        topics: Some(topics),
+                    },
+                );
                 (fb::RequestBody::ListOffsetsRequest, t.as_union_value())
             }
         }
@@ -745,12 +769,17 @@ pub fn peek_request_header(envelope: &[u8]) -> Option<(u64, u16)> {
 }
 
 fn dec_strings(v: Option<Vector<'_, ForwardsUOffset<&str>>>) -> Vec<String> {
-    v.map(|v| v.iter().map(str::to_string).collect()).unwrap_or_default()
+    v.map(|v| v.iter().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn dec_configs(v: Option<Vector<'_, ForwardsUOffset<fb::KeyValue<'_>>>>) -> Vec<(String, String)> {
-    v.map(|v| v.iter().map(|kv| (kv.key().to_string(), kv.value().to_string())).collect())
-        .unwrap_or_default()
+    v.map(|v| {
+        v.iter()
+            .map(|kv| (kv.key().to_string(), kv.value().to_string()))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn dec_error(e: Option<fb::Error<'_>>) -> Option<ApiError> {
@@ -955,7 +984,13 @@ impl Response {
         fbb.finished_data()
     }
 
-    fn encode_body(&self, fbb: &mut Fbb) -> (fb::ResponseBody, Option<WIPOffset<flatbuffers::UnionWIPOffset>>) {
+    fn encode_body(
+        &self,
+        fbb: &mut Fbb,
+    ) -> (
+        fb::ResponseBody,
+        Option<WIPOffset<flatbuffers::UnionWIPOffset>>,
+    ) {
         match &self.body {
             ResponseBody::None => (fb::ResponseBody::NONE, None),
             ResponseBody::ApiVersions(a) => {
@@ -983,7 +1018,10 @@ impl Response {
                         max_frame_bytes: a.max_frame_bytes,
                     },
                 );
-                (fb::ResponseBody::ApiVersionsResponse, Some(t.as_union_value()))
+                (
+                    fb::ResponseBody::ApiVersionsResponse,
+                    Some(t.as_union_value()),
+                )
             }
             ResponseBody::Metadata(m) => {
                 let shards: Vec<_> = m
@@ -1048,13 +1086,29 @@ impl Response {
             }
             ResponseBody::CreateTopics(r) => {
                 let results = enc_topic_results(fbb, r);
-                let t = fb::CreateTopicsResponse::create(fbb, &fb::CreateTopicsResponseArgs { results: Some(results) });
-                (fb::ResponseBody::CreateTopicsResponse, Some(t.as_union_value()))
+                let t = fb::CreateTopicsResponse::create(
+                    fbb,
+                    &fb::CreateTopicsResponseArgs {
+                        results: Some(results),
+                    },
+                );
+                (
+                    fb::ResponseBody::CreateTopicsResponse,
+                    Some(t.as_union_value()),
+                )
             }
             ResponseBody::DeleteTopics(r) => {
                 let results = enc_topic_results(fbb, r);
-                let t = fb::DeleteTopicsResponse::create(fbb, &fb::DeleteTopicsResponseArgs { results: Some(results) });
-                (fb::ResponseBody::DeleteTopicsResponse, Some(t.as_union_value()))
+                let t = fb::DeleteTopicsResponse::create(
+                    fbb,
+                    &fb::DeleteTopicsResponseArgs {
+                        results: Some(results),
+                    },
+                );
+                (
+                    fb::ResponseBody::DeleteTopicsResponse,
+                    Some(t.as_union_value()),
+                )
             }
             ResponseBody::Produce(p) => {
                 let topics: Vec<_> = p
@@ -1091,7 +1145,12 @@ impl Response {
                     })
                     .collect();
                 let topics = fbb.create_vector(&topics);
-                let t = fb::ProduceResponse::create(fbb, &fb::ProduceResponseArgs { topics: Some(topics) });
+                let t = fb::ProduceResponse::create(
+                    fbb,
+                    &fb::ProduceResponseArgs {
+                        topics: Some(topics),
+                    },
+                );
                 (fb::ResponseBody::ProduceResponse, Some(t.as_union_value()))
             }
             ResponseBody::Fetch(f) => {
@@ -1129,7 +1188,12 @@ impl Response {
                     })
                     .collect();
                 let topics = fbb.create_vector(&topics);
-                let t = fb::FetchResponse::create(fbb, &fb::FetchResponseArgs { topics: Some(topics) });
+                let t = fb::FetchResponse::create(
+                    fbb,
+                    &fb::FetchResponseArgs {
+                        topics: Some(topics),
+                    },
+                );
                 (fb::ResponseBody::FetchResponse, Some(t.as_union_value()))
             }
             ResponseBody::ListOffsets(l) => {
@@ -1165,8 +1229,16 @@ impl Response {
                     })
                     .collect();
                 let topics = fbb.create_vector(&topics);
-                let t = fb::ListOffsetsResponse::create(fbb, &fb::ListOffsetsResponseArgs { topics: Some(topics) });
-                (fb::ResponseBody::ListOffsetsResponse, Some(t.as_union_value()))
+                let t = fb::ListOffsetsResponse::create(
+                    fbb,
+                    &fb::ListOffsetsResponseArgs {
+                        topics: Some(topics),
+                    },
+                );
+                (
+                    fb::ResponseBody::ListOffsetsResponse,
+                    Some(t.as_union_value()),
+                )
             }
         }
     }
@@ -1190,7 +1262,9 @@ impl Response {
 fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, EnvelopeError> {
     Ok(match root.body_type() {
         fb::ResponseBody::ApiVersionsResponse => {
-            let a = root.body_as_api_versions_response().ok_or(EnvelopeError::Missing("body"))?;
+            let a = root
+                .body_as_api_versions_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::ApiVersions(ApiVersionsResponse {
                 apis: a
                     .apis()
@@ -1211,7 +1285,9 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
             })
         }
         fb::ResponseBody::MetadataResponse => {
-            let m = root.body_as_metadata_response().ok_or(EnvelopeError::Missing("body"))?;
+            let m = root
+                .body_as_metadata_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::Metadata(MetadataResponse {
                 shards: m
                     .shards()
@@ -1252,15 +1328,21 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
             })
         }
         fb::ResponseBody::CreateTopicsResponse => {
-            let c = root.body_as_create_topics_response().ok_or(EnvelopeError::Missing("body"))?;
+            let c = root
+                .body_as_create_topics_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::CreateTopics(dec_topic_results(c.results()))
         }
         fb::ResponseBody::DeleteTopicsResponse => {
-            let d = root.body_as_delete_topics_response().ok_or(EnvelopeError::Missing("body"))?;
+            let d = root
+                .body_as_delete_topics_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::DeleteTopics(dec_topic_results(d.results()))
         }
         fb::ResponseBody::ProduceResponse => {
-            let p = root.body_as_produce_response().ok_or(EnvelopeError::Missing("body"))?;
+            let p = root
+                .body_as_produce_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::Produce(ProduceResponse {
                 topics: p
                     .topics()
@@ -1290,7 +1372,9 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
             })
         }
         fb::ResponseBody::FetchResponse => {
-            let f = root.body_as_fetch_response().ok_or(EnvelopeError::Missing("body"))?;
+            let f = root
+                .body_as_fetch_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::Fetch(FetchResponse {
                 topics: f
                     .topics()
@@ -1322,7 +1406,9 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
             })
         }
         fb::ResponseBody::ListOffsetsResponse => {
-            let l = root.body_as_list_offsets_response().ok_or(EnvelopeError::Missing("body"))?;
+            let l = root
+                .body_as_list_offsets_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::ListOffsets(ListOffsetsResponse {
                 topics: l
                     .topics()
@@ -1396,7 +1482,10 @@ mod tests {
                 name: "t".into(),
                 partitions: vec![ProducePartition {
                     partition: 1,
-                    payload: PayloadRange { offset: 0, length: 100 },
+                    payload: PayloadRange {
+                        offset: 0,
+                        length: 100,
+                    },
                 }],
             }],
         }));
@@ -1428,7 +1517,11 @@ mod tests {
     fn responses_round_trip() {
         let mut fbb = FlatBufferBuilder::new();
         let responses = vec![
-            Response::error(ApiKey::Fetch, 9, ApiError::new(ErrorCode::UnknownApi, "nope")),
+            Response::error(
+                ApiKey::Fetch,
+                9,
+                ApiError::new(ErrorCode::UnknownApi, "nope"),
+            ),
             Response::ok(
                 ApiKey::Metadata,
                 1,
@@ -1465,7 +1558,10 @@ mod tests {
                                 log_append_time_ms: 1,
                                 log_start_offset: 0,
                             },
-                            ProducePartitionResult::failed(1, ApiError::new(ErrorCode::CorruptMessage, "crc")),
+                            ProducePartitionResult::failed(
+                                1,
+                                ApiError::new(ErrorCode::CorruptMessage, "crc"),
+                            ),
                         ],
                     }],
                 }),
@@ -1481,7 +1577,10 @@ mod tests {
                             error: None,
                             high_watermark: 5,
                             log_start_offset: 0,
-                            payload: PayloadRange { offset: 0, length: 61 },
+                            payload: PayloadRange {
+                                offset: 0,
+                                length: 61,
+                            },
                         }],
                     }],
                 }),

@@ -145,13 +145,19 @@ mod tests {
     fn codes_match_the_schema() {
         for code in ErrorCode::ALL {
             let fb_code = code.to_fb();
-            let name = fb_code.variant_name().expect("code missing from the schema");
+            let name = fb_code
+                .variant_name()
+                .expect("code missing from the schema");
             let camel: String = code
                 .name()
                 .split('_')
                 .map(|w| {
                     let mut c = w.chars();
-                    c.next().map(|f| f.to_ascii_uppercase()).into_iter().chain(c).collect::<String>()
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase())
+                        .into_iter()
+                        .chain(c)
+                        .collect::<String>()
                 })
                 .collect();
             assert_eq!(name, camel, "{code:?}");

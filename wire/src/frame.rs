@@ -40,6 +40,12 @@ pub struct Frame {
     pub payload: BytesMut,
 }
 
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.envelope == other.envelope && self.payload == other.payload
+    }
+}
+
 /// Incremental decoder over a connection's read buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameDecoder {
@@ -207,11 +213,5 @@ mod tests {
     fn garbage_envelope_fails_verification() {
         assert!(verify_request(b"\xff\xff\xff\xff garbage").is_err());
         assert!(verify_request(b"").is_err());
-    }
-}
-
-impl PartialEq for Frame {
-    fn eq(&self, other: &Frame) -> bool {
-        self.envelope == other.envelope && self.payload == other.payload
     }
 }

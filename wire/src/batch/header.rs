@@ -154,7 +154,9 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     if header.magic != MAGIC_V2 {
-        return Err(BatchError::BadMagic { magic: header.magic });
+        return Err(BatchError::BadMagic {
+            magic: header.magic,
+        });
     }
     let computed = crc32c::crc32c(&bytes[CRC_START..]);
     if computed != header.crc {

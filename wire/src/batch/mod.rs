@@ -13,7 +13,7 @@ pub mod records;
 pub use builder::BatchBuilder;
 pub use compression::Compression;
 pub use header::{validate_batch, BatchHeader, BatchSplitter, SplitBatch, HEADER_SIZE};
-pub use records::{Record, RecordHeader, RecordIter};
+pub use records::{validate_records, Record, RecordHeader, RecordIter};
 
 /// Why a record batch was refused. Every variant names what was wrong and
 /// what was found, so the producer can tell a bug from corruption in transit.
@@ -50,4 +50,16 @@ pub enum BatchError {
     Compress { codec: &'static str, reason: String },
     #[error("decompressed records exceed the {limit_bytes}-byte limit")]
     DecompressedTooLarge { limit_bytes: usize },
+    #[error("record-level validation needs an uncompressed batch; this one uses codec id {id}")]
+    RecordsCompressed { id: u8 },
+    #[error("{what} of {size_bytes} bytes does not fit the v2 format (its lengths are i32)")]
+    TooLarge {
+        what: &'static str,
+        size_bytes: usize,
+    },
+    #[error("record timestamp {timestamp_ms} ms is too far from the batch base timestamp {base_timestamp_ms} ms: the delta overflows i64")]
+    TimestampOutOfRange {
+        timestamp_ms: i64,
+        base_timestamp_ms: i64,
+    },
 }
