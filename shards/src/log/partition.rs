@@ -1,0 +1,1545 @@
+//! One partition's log: a directory of segments, group-committed appends,
+//! reads, recovery, retention.
+//!
+//! Concurrency model (one glommio executor, single-threaded):
+//! * `append` is synchronous: it assigns offsets, rewrites base offsets in
+//!   place, puts the batches in the tail cache and the write queue, and
+//!   returns a future for the requested durability.
+//! * A writer task (spawned on demand) drains the queue: one write in flight
+//!   per partition, each write carrying every batch queued meanwhile (up to
+//!   `max_write_bytes`), rewriting the partial tail block.
+//! * A syncer task (spawned on demand) runs fdatasync while written data is
+//!   not yet durable; one fdatasync covers every write completed before it
+//!   started, and it overlaps the next write. The high watermark (what reads
+//!   may return) is the end covered by a completed fdatasync.
+//! * No `RefCell` borrow is held across an `.await`.
+
+use super::{
+    checkpoint::{Checkpoint, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE},
+    index::{IndexTrailer, OffsetIndex},
+    now_ms,
+    segment::{
+        log_file_name, parse_file_name, scan_segment, BatchCursor, CursorItem, Segment,
+        INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX,
+    },
+    timeindex::TimeIndex,
+    Acks, LogConfig, LogError, MAX_BATCH_BYTES,
+};
+use crate::{
+    cache::{CacheKey, TailCache},
+    io::{
+        align_down, align_up, read_whole_file, write_whole_file, OpenMode, StorageFile, StorageRef,
+        BLOCK_SIZE,
+    },
+};
+use bytes::{Bytes, BytesMut};
+use event_listener::{Event, EventListener};
+use ringmq_wire::batch::header::{
+    peek_total_size, set_base_offset, BatchHeader, HEADER_SIZE, MAGIC_V2,
+};
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, VecDeque},
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+};
+
+/// What `append` returns.
+pub struct AppendResult {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_append_time_ms: i64,
+    /// Resolves at the requested durability, or with the error of the write
+    /// or fdatasync that covered the batches.
+    pub durable: AckFuture,
+}
+
+/// What `read` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ReadData {
+    /// Whole batches, in offset order; empty at the high watermark.
+    pub chunks: Vec<Bytes>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+impl ReadData {
+    pub fn total_bytes(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+}
+
+/// What recovery found and did when the log was opened.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Segment files whose index or time index was missing or damaged and
+    /// was rebuilt from the log.
+    pub indexes_rebuilt: Vec<PathBuf>,
+    /// Bytes cut off the last segment (torn tail).
+    pub truncated_bytes: u64,
+    /// Why the tail was cut, if it was.
+    pub torn_tail: Option<String>,
+    /// Bytes of log validated batch by batch.
+    pub scanned_bytes: u64,
+    pub checkpoint: Option<Checkpoint>,
+    /// True when the last segment's index matched it (clean shutdown).
+    pub clean_shutdown: bool,
+}
+
+/// Counters of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    pub appends: u64,
+    pub batches_appended: u64,
+    pub bytes_appended: u64,
+    pub writes: u64,
+    pub bytes_written: u64,
+    pub fdatasyncs: u64,
+    pub segments_rolled: u64,
+    pub segments_deleted: u64,
+    pub cold_reads: u64,
+    pub cache_reads: u64,
+}
+
+#[derive(Default)]
+struct AckCell {
+    result: RefCell<Option<Result<(), LogError>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl AckCell {
+    fn complete(&self, result: Result<(), LogError>) {
+        let mut slot = self.result.borrow_mut();
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(result);
+        drop(slot);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves when the appended batches reach the requested durability.
+pub struct AckFuture {
+    cell: Rc<AckCell>,
+}
+
+impl AckFuture {
+    /// The outcome if already known.
+    pub fn try_result(&self) -> Option<Result<(), LogError>> {
+        self.cell.result.borrow().clone()
+    }
+}
+
+impl Future for AckFuture {
+    type Output = Result<(), LogError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.cell.result.borrow().as_ref() {
+            return Poll::Ready(r.clone());
+        }
+        *self.cell.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+struct Pending {
+    segment: i64,
+    position: u64,
+    data: Bytes,
+    end_offset: i64,
+}
+
+struct State {
+    segments: BTreeMap<i64, Segment>,
+    log_start: i64,
+    /// Next offset to assign.
+    log_end: i64,
+    /// Offset after the last batch whose write completed.
+    written: i64,
+    /// Offset after the last batch covered by a completed fdatasync (HW).
+    durable: i64,
+    queue: VecDeque<Pending>,
+    /// Assigned but not yet written, in bytes (queued and in flight).
+    queued_bytes: u64,
+    write_acks: VecDeque<(i64, Rc<AckCell>)>,
+    sync_acks: VecDeque<(i64, Rc<AckCell>)>,
+    writer_active: bool,
+    syncer_active: bool,
+    fenced: Option<LogError>,
+    closed: bool,
+    checkpointed: i64,
+    last_checkpoint_ms: i64,
+    stats: LogStats,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    storage: StorageRef,
+    config: LogConfig,
+    cache: TailCache,
+    cache_key: CacheKey,
+    state: RefCell<State>,
+    /// Notified when the high watermark advances (and on fence/close).
+    hw_event: Event,
+    /// Notified when queued bytes drop.
+    space_event: Event,
+    /// Notified when the writer or syncer goes idle.
+    idle_event: Event,
+    recovery: RecoveryReport,
+    checkpoint_busy: Cell<bool>,
+}
+
+/// A partition's log. Cloning is cheap and shares the log.
+#[derive(Clone)]
+pub struct PartitionLog {
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+/// First pass over an append: checks the framing of each batch.
+fn check_framing(data: &[u8]) -> Result<usize, LogError> {
+    let mut pos = 0usize;
+    let mut count = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let invalid = |reason: String| LogError::InvalidBatch {
+            position: pos,
+            reason,
+        };
+        let size = peek_total_size(rest).ok_or_else(|| invalid("truncated batch length".into()))?;
+        if !(HEADER_SIZE..=MAX_BATCH_BYTES).contains(&size) {
+            return Err(invalid(format!("batch size {} out of range", size as i64)));
+        }
+        if size > rest.len() {
+            return Err(invalid(format!(
+                "batch of {size} bytes but only {} sent",
+                rest.len()
+            )));
+        }
+        let h = BatchHeader::parse(rest).map_err(|e| invalid(e.to_string()))?;
+        if h.magic != MAGIC_V2 {
+            return Err(invalid(format!("magic {} is not 2", h.magic)));
+        }
+        if h.last_offset_delta < 0 {
+            return Err(invalid(format!(
+                "negative last_offset_delta {}",
+                h.last_offset_delta
+            )));
+        }
+        pos += size;
+        count += 1;
+    }
+    Ok(count)
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition in `dir`, running recovery.
+    pub async fn open(
+        storage: StorageRef,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        cache: TailCache,
+    ) -> Result<PartitionLog, LogError> {
+        config.validate()?;
+        let dir = dir.into();
+        let (state, recovery) = recover(&storage, &dir, &config).await?;
+        let cache_key = cache.register();
+        Ok(PartitionLog {
+            shared: Rc::new(Shared {
+                dir,
+                storage,
+                config,
+                cache,
+                cache_key,
+                state: RefCell::new(state),
+                hw_event: Event::new(),
+                space_event: Event::new(),
+                idle_event: Event::new(),
+                recovery,
+                checkpoint_busy: Cell::new(false),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared.recovery
+    }
+
+    /// End of the data covered by a completed fdatasync: reads stop here.
+    pub fn high_watermark(&self) -> i64 {
+        self.shared.state.borrow().durable
+    }
+
+    /// Next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.shared.state.borrow().log_end
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.shared.state.borrow().log_start
+    }
+
+    /// Offset after the last batch whose write completed.
+    pub fn written_offset(&self) -> i64 {
+        self.shared.state.borrow().written
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<i64> {
+        self.shared
+            .state
+            .borrow()
+            .segments
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Total bytes of the log (assigned).
+    pub fn size_bytes(&self) -> u64 {
+        self.shared
+            .state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.size)
+            .sum()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.shared.state.borrow().stats
+    }
+
+    /// The error that fenced the partition, if any.
+    pub fn fenced(&self) -> Option<LogError> {
+        self.shared.state.borrow().fenced.clone()
+    }
+
+    /// A listener notified when the high watermark advances. Create it,
+    /// check `high_watermark()`, then await it (no lost wake-ups).
+    pub fn watch(&self) -> EventListener {
+        self.shared.hw_event.listen()
+    }
+
+    /// Waits until the high watermark exceeds `offset` (or the log is
+    /// fenced or closed).
+    pub async fn wait_for_high_watermark(&self, offset: i64) -> Result<i64, LogError> {
+        loop {
+            let listener = self.watch();
+            {
+                let st = self.shared.state.borrow();
+                if st.durable > offset {
+                    return Ok(st.durable);
+                }
+                if let Some(e) = &st.fenced {
+                    return Err(e.clone());
+                }
+                if st.closed {
+                    return Err(LogError::Closed {
+                        dir: self.shared.dir.clone(),
+                    });
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits until `bytes` more can be queued without exceeding
+    /// `max_queued_bytes` (always admits when nothing is queued). Call
+    /// `append` right after it returns, without awaiting in between.
+    pub async fn reserve(&self, bytes: usize) -> Result<(), LogError> {
+        loop {
+            let listener = self.shared.space_event.listen();
+            {
+                let st = self.shared.state.borrow();
+                self.shared.check_writable(&st)?;
+                if st.queued_bytes == 0
+                    || st.queued_bytes + bytes as u64 <= self.shared.config.max_queued_bytes
+                {
+                    return Ok(());
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Appends one or more concatenated, already validated v2 batches at the
+    /// current time. See [`PartitionLog::append_at`].
+    pub fn append(&self, batches: BytesMut, acks: Acks) -> Result<AppendResult, LogError> {
+        self.append_at(batches, acks, now_ms())
+    }
+
+    /// Appends with an explicit clock (`now_ms` drives `segment_ms` rolls and
+    /// is returned as the log-append time). Offsets are assigned here,
+    /// synchronously, so appends get offsets in call order.
+    pub fn append_at(
+        &self,
+        mut batches: BytesMut,
+        acks: Acks,
+        now_ms: i64,
+    ) -> Result<AppendResult, LogError> {
+        let sh = &self.shared;
+        let mut st = sh.state.borrow_mut();
+        sh.check_writable(&st)?;
+        let total = batches.len();
+        if total == 0 {
+            return Err(LogError::InvalidBatch {
+                position: 0,
+                reason: "empty append".into(),
+            });
+        }
+        if st.queued_bytes > 0 && st.queued_bytes + total as u64 > sh.config.max_queued_bytes {
+            return Err(LogError::QueueFull {
+                queued_bytes: st.queued_bytes,
+                limit_bytes: sh.config.max_queued_bytes,
+            });
+        }
+        let batch_count = check_framing(&batches)?;
+
+        // Roll by size or age.
+        let roll = {
+            let active = st.active();
+            active.size > 0
+                && (active.size + total as u64 > sh.config.segment_bytes
+                    || now_ms.saturating_sub(active.first_append_ms.unwrap_or(now_ms))
+                        >= sh.config.segment_ms)
+        };
+        if roll {
+            let base = st.log_end;
+            st.active_mut().sealed = true;
+            st.segments.insert(base, Segment::new(&sh.dir, base));
+            st.stats.segments_rolled += 1;
+        }
+
+        // Assign offsets.
+        let base_offset = st.log_end;
+        let interval = sh.config.index_interval_bytes;
+        let seg = st.active_mut();
+        let segment = seg.base_offset;
+        let start_position = seg.size;
+        let mut pos = 0usize;
+        let mut next = base_offset;
+        while pos < total {
+            let size = peek_total_size(&batches[pos..]).expect("framing checked");
+            set_base_offset(&mut batches[pos..], next);
+            let h = BatchHeader::parse(&batches[pos..]).expect("framing checked");
+            seg.record_batch(
+                next,
+                start_position + pos as u64,
+                size,
+                h.max_timestamp,
+                interval,
+            );
+            next += h.last_offset_delta as i64 + 1;
+            pos += size;
+        }
+        seg.size += total as u64;
+        seg.next_offset = next;
+        seg.first_append_ms.get_or_insert(now_ms);
+
+        let data = batches.freeze();
+        let mut pos = 0usize;
+        while pos < total {
+            let size = peek_total_size(&data[pos..]).expect("framing checked");
+            let h = BatchHeader::parse(&data[pos..]).expect("framing checked");
+            sh.cache.insert(
+                sh.cache_key,
+                h.base_offset,
+                h.last_offset(),
+                data.slice(pos..pos + size),
+            );
+            pos += size;
+        }
+
+        st.log_end = next;
+        st.queue.push_back(Pending {
+            segment,
+            position: start_position,
+            data,
+            end_offset: next,
+        });
+        st.queued_bytes += total as u64;
+        let cell = Rc::new(AckCell::default());
+        match acks {
+            Acks::Fsync => st.sync_acks.push_back((next, cell.clone())),
+            Acks::Leader | Acks::None => st.write_acks.push_back((next, cell.clone())),
+        }
+        st.stats.appends += 1;
+        st.stats.batches_appended += batch_count as u64;
+        st.stats.bytes_appended += total as u64;
+        let spawn = !st.writer_active;
+        st.writer_active = true;
+        drop(st);
+        if spawn {
+            glommio::spawn_local(writer_loop(sh.clone())).detach();
+        }
+        Ok(AppendResult {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time_ms: now_ms,
+            durable: AckFuture { cell },
+        })
+    }
+
+    /// Whole batches from the one containing `offset`, at most `max_bytes`
+    /// but at least one batch, never past the high watermark. Served from
+    /// the tail cache when possible, else with a DMA read of one segment.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadData, LogError> {
+        let sh = &self.shared;
+        let (hw, start) = {
+            let st = sh.state.borrow();
+            (st.durable, st.log_start)
+        };
+        let out_of_range = || LogError::OffsetOutOfRange {
+            offset,
+            log_start_offset: start,
+            high_watermark: hw,
+        };
+        if offset < start || offset > hw {
+            return Err(out_of_range());
+        }
+        let mut data = ReadData {
+            chunks: Vec::new(),
+            high_watermark: hw,
+            log_start_offset: start,
+        };
+        if offset == hw {
+            return Ok(data);
+        }
+        if let Some(chunks) = sh.cache.read(sh.cache_key, offset, max_bytes, hw) {
+            sh.state.borrow_mut().stats.cache_reads += 1;
+            data.chunks = chunks;
+            return Ok(data);
+        }
+        let (file, position, limit) = {
+            let mut st = sh.state.borrow_mut();
+            st.stats.cold_reads += 1;
+            let Some((_, seg)) = st.segments.range(..=offset).next_back() else {
+                return Err(out_of_range());
+            };
+            let Some(file) = seg.file.clone() else {
+                return Err(out_of_range());
+            };
+            (file, seg.lookup_position(offset), seg.written_size)
+        };
+        let chunk = max_bytes
+            .saturating_add(sh.config.index_interval_bytes as usize)
+            .saturating_add(HEADER_SIZE)
+            .clamp(BLOCK_SIZE, 16 << 20);
+        let mut cursor = BatchCursor::new(&*file, position, limit, chunk);
+        let mut total = 0usize;
+        loop {
+            let item = cursor
+                .next()
+                .await
+                .map_err(|e| LogError::io("read", file.path(), e))?;
+            match item {
+                CursorItem::End => break,
+                CursorItem::Bad { position, reason } => {
+                    if data.chunks.is_empty() {
+                        return Err(LogError::Corrupt {
+                            segment: file.path().to_path_buf(),
+                            position,
+                            offset,
+                            reason,
+                        });
+                    }
+                    break;
+                }
+                CursorItem::Batch { bytes, .. } => {
+                    let h = BatchHeader::parse(&bytes).expect("cursor checked the size");
+                    if h.base_offset >= hw {
+                        break;
+                    }
+                    if h.last_offset() < offset {
+                        continue;
+                    }
+                    if !data.chunks.is_empty() && total + bytes.len() > max_bytes {
+                        break;
+                    }
+                    total += bytes.len();
+                    data.chunks.push(bytes);
+                    if total >= max_bytes {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    /// The first batch whose max timestamp is `>= timestamp_ms`, below the
+    /// high watermark: `(base offset, max timestamp)` of that batch.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let sh = &self.shared;
+        let hw = self.high_watermark();
+        // Candidate segments, oldest first.
+        let candidates: Vec<(Rc<dyn StorageFile>, u64, u64)> = {
+            let st = sh.state.borrow();
+            st.segments
+                .values()
+                .filter(|s| s.base_offset < hw && s.max_timestamp >= timestamp_ms)
+                .filter_map(|s| {
+                    let file = s.file.clone()?;
+                    let start = match s.timeindex.lookup(timestamp_ms.saturating_sub(1)) {
+                        Some(e) => s.lookup_position(s.base_offset + e.relative_offset as i64 + 1),
+                        None => 0,
+                    };
+                    Some((file, start, s.written_size))
+                })
+                .collect()
+        };
+        for (file, start, limit) in candidates {
+            let mut cursor = BatchCursor::new(&*file, start, limit, 256 << 10);
+            loop {
+                match cursor
+                    .next()
+                    .await
+                    .map_err(|e| LogError::io("read", file.path(), e))?
+                {
+                    CursorItem::End => break,
+                    CursorItem::Bad { position, reason } => {
+                        return Err(LogError::Corrupt {
+                            segment: file.path().to_path_buf(),
+                            position,
+                            offset: -1,
+                            reason,
+                        })
+                    }
+                    CursorItem::Batch { bytes, .. } => {
+                        let h = BatchHeader::parse(&bytes).expect("cursor checked the size");
+                        if h.base_offset >= hw {
+                            return Ok(None);
+                        }
+                        if h.max_timestamp >= timestamp_ms {
+                            return Ok(Some((h.base_offset, h.max_timestamp)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments beyond `retention_ms` (by their newest
+    /// timestamp) or `retention_bytes`, oldest first; never the active one.
+    /// Returns how many segments were deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let sh = &self.shared;
+        let cfg = &sh.config;
+        let victims: Vec<Segment> = {
+            let mut st = sh.state.borrow_mut();
+            let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+            let mut victims = Vec::new();
+            loop {
+                let mut iter = st.segments.values();
+                let (Some(first), Some(second)) = (iter.next(), iter.next()) else {
+                    break;
+                };
+                // Only segments fully sealed on disk (the successor exists)
+                // and durable.
+                if second.file.is_none() || !first.sealed || first.next_offset > st.durable {
+                    break;
+                }
+                let by_time = cfg.retention_ms >= 0
+                    && first.max_timestamp >= 0
+                    && now_ms.saturating_sub(first.max_timestamp) > cfg.retention_ms;
+                let by_size =
+                    cfg.retention_bytes >= 0 && total - first.size >= cfg.retention_bytes as u64;
+                if !(by_time || by_size) {
+                    break;
+                }
+                let base = first.base_offset;
+                let seg = st.segments.remove(&base).expect("present");
+                total -= seg.size;
+                victims.push(seg);
+            }
+            if !victims.is_empty() {
+                st.log_start = *st.segments.keys().next().expect("active remains");
+                st.stats.segments_deleted += victims.len() as u64;
+                sh.cache.truncate_before(sh.cache_key, st.log_start);
+            }
+            victims
+        };
+        let count = victims.len();
+        let mut first_err = None;
+        for seg in victims {
+            tracing::info!(segment = %seg.log_path.display(), "retention: deleting segment");
+            // The handle is dropped, not closed: reads in flight on this
+            // segment keep their own reference and finish normally.
+            for (path, must_exist) in [
+                (seg.log_path.clone(), true),
+                (seg.index_path(), false),
+                (seg.timeindex_path(), false),
+            ] {
+                if let Err(e) = sh.storage.remove_file(&path).await {
+                    if must_exist || e.kind() != io::ErrorKind::NotFound {
+                        first_err.get_or_insert(LogError::io("delete segment", path, e));
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
+    /// Clean shutdown: finishes queued writes, fdatasync, trims the padding
+    /// of the active segment, writes its indexes and the checkpoint, closes
+    /// the files. Appends fail with `Closed` from the moment it is called.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let sh = &self.shared;
+        {
+            let mut st = sh.state.borrow_mut();
+            if st.closed && st.segments.values().all(|s| s.file.is_none()) {
+                return Ok(());
+            }
+            st.closed = true;
+        }
+        sh.wait_idle().await;
+        let fenced = sh.state.borrow().fenced.clone();
+        let mut result = match fenced {
+            Some(e) => Err(e),
+            None => sh.finish_active().await,
+        };
+        if result.is_ok() {
+            result = sh.write_checkpoint().await;
+        }
+        let files: Vec<Rc<dyn StorageFile>> = {
+            let mut st = sh.state.borrow_mut();
+            st.segments
+                .values_mut()
+                .filter_map(|s| s.file.take())
+                .collect()
+        };
+        for f in files {
+            let _ = f.close().await;
+        }
+        sh.cache.unregister(sh.cache_key);
+        sh.hw_event.notify(usize::MAX);
+        sh.space_event.notify(usize::MAX);
+        result
+    }
+
+    /// Writes the durable-end checkpoint now (it is otherwise written at
+    /// most every `checkpoint_interval_ms` after an fdatasync, and on close).
+    pub async fn checkpoint(&self) -> Result<(), LogError> {
+        self.shared.write_checkpoint().await
+    }
+
+    /// Closes the log and removes the partition directory.
+    pub async fn delete(&self) -> Result<(), LogError> {
+        let _ = self.close().await;
+        let dir = self.shared.dir.clone();
+        self.shared
+            .storage
+            .remove_dir_all(&dir)
+            .await
+            .map_err(|e| LogError::io("delete partition", dir, e))
+    }
+}
+
+impl Shared {
+    fn check_writable(&self, st: &State) -> Result<(), LogError> {
+        if let Some(e) = &st.fenced {
+            return Err(e.clone());
+        }
+        if st.closed {
+            return Err(LogError::Closed {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let listener = self.idle_event.listen();
+            {
+                let st = self.state.borrow();
+                if !st.writer_active
+                    && !st.syncer_active
+                    && st.queue.is_empty()
+                    && !self.checkpoint_busy.get()
+                {
+                    return;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    fn advance_durable(&self, st: &mut State, target: i64) {
+        if target <= st.durable {
+            return;
+        }
+        assert!(
+            target <= st.written,
+            "durable {target} beyond written {}",
+            st.written
+        );
+        st.durable = target;
+        while let Some((end, _)) = st.sync_acks.front() {
+            if *end > target {
+                break;
+            }
+            let (_, cell) = st.sync_acks.pop_front().expect("front");
+            cell.complete(Ok(()));
+        }
+        self.hw_event.notify(usize::MAX);
+    }
+
+    /// fdatasync failed (or a write failed other than with ENOSPC): the state
+    /// of the file is unknown, so every pending ack fails and the partition
+    /// refuses writes until it is reopened (recovered) from disk.
+    fn fence(&self, err: LogError) {
+        let mut st = self.state.borrow_mut();
+        if st.fenced.is_some() {
+            return;
+        }
+        tracing::error!(dir = %self.dir.display(), error = %err, "fencing partition");
+        st.fenced = Some(LogError::Fenced {
+            dir: self.dir.clone(),
+            reason: err.to_string(),
+        });
+        let mut failed: Vec<Rc<AckCell>> = st.write_acks.drain(..).map(|(_, c)| c).collect();
+        failed.extend(st.sync_acks.drain(..).map(|(_, c)| c));
+        st.queue.clear();
+        st.queued_bytes = 0;
+        let written = st.written;
+        self.cache.truncate_from(self.cache_key, written);
+        drop(st);
+        for cell in failed {
+            cell.complete(Err(err.clone()));
+        }
+        self.hw_event.notify(usize::MAX);
+        self.space_event.notify(usize::MAX);
+        self.idle_event.notify(usize::MAX);
+    }
+
+    /// A write failed with ENOSPC: fail every batch not yet written, give
+    /// their offsets back, and let later appends retry.
+    fn rollback(&self, err: LogError) {
+        let mut st = self.state.borrow_mut();
+        let written = st.written;
+        tracing::warn!(
+            dir = %self.dir.display(),
+            error = %err,
+            rolled_back_to = written,
+            "write failed; failing unwritten appends and rolling the log end back"
+        );
+        let mut failed: Vec<Rc<AckCell>> = st.write_acks.drain(..).map(|(_, c)| c).collect();
+        let keep = st.sync_acks.partition_point(|(end, _)| *end <= written);
+        failed.extend(st.sync_acks.drain(keep..).map(|(_, c)| c));
+        st.queue.clear();
+        st.queued_bytes = 0;
+        st.log_end = written;
+        st.segments.retain(|_, s| s.file.is_some());
+        let last = st.active_mut();
+        last.sealed = false;
+        last.rollback_to_written(written);
+        self.cache.truncate_from(self.cache_key, written);
+        drop(st);
+        for cell in failed {
+            cell.complete(Err(err.clone()));
+        }
+        self.space_event.notify(usize::MAX);
+    }
+
+    fn handle_write_error(&self, err: LogError) {
+        if matches!(err, LogError::DiskFull { .. }) {
+            self.rollback(err);
+        } else {
+            self.fence(err);
+        }
+    }
+
+    /// Marks the syncer active if it has work and is idle; the caller must
+    /// then spawn it *after* releasing the state borrow (glommio may run a
+    /// freshly spawned task before `spawn_local` returns).
+    fn claim_syncer(st: &mut State) -> bool {
+        if !st.syncer_active && st.written > st.durable {
+            st.syncer_active = true;
+            return true;
+        }
+        false
+    }
+
+    /// Writes the indexes of `seg` (as of now) to disk; failures only cost a
+    /// rebuild at the next recovery, so they are logged, not returned.
+    async fn write_indexes(
+        &self,
+        index_path: PathBuf,
+        index: Vec<u8>,
+        time_path: PathBuf,
+        time: Vec<u8>,
+    ) {
+        for (path, bytes) in [(index_path, index), (time_path, time)] {
+            if let Err(e) = write_whole_file(&*self.storage, &path, &bytes).await {
+                tracing::warn!(path = %path.display(), error = %e, "could not write index; it will be rebuilt at the next start");
+            }
+        }
+    }
+
+    fn encode_indexes(seg: &mut Segment) -> (PathBuf, Vec<u8>, PathBuf, Vec<u8>) {
+        seg.finish_timeindex();
+        let trailer = seg.trailer();
+        (
+            seg.index_path(),
+            seg.index.encode(&trailer),
+            seg.timeindex_path(),
+            seg.timeindex.encode(&trailer),
+        )
+    }
+
+    /// Seals the segment before `new_base` (trim padding, fdatasync, write
+    /// indexes) and creates the file of the segment at `new_base`.
+    async fn roll(self: &Rc<Self>, new_base: i64) {
+        let (file, size) = {
+            let st = self.state.borrow();
+            let (_, old) = st
+                .segments
+                .range(..new_base)
+                .next_back()
+                .expect("a segment precedes a roll");
+            assert_eq!(
+                old.size, old.written_size,
+                "all of the old segment is written before a roll"
+            );
+            (old.file.clone().expect("old segment is on disk"), old.size)
+        };
+        let sealed = async {
+            file.truncate(size).await?;
+            file.fdatasync().await
+        }
+        .await;
+        if let Err(e) = sealed {
+            self.fence(LogError::io("seal segment", file.path(), e));
+            return;
+        }
+        let (ip, ib, tp, tb) = {
+            let mut st = self.state.borrow_mut();
+            if st.fenced.is_some() {
+                return;
+            }
+            st.stats.fdatasyncs += 1;
+            let old_end = st
+                .segments
+                .range(..new_base)
+                .next_back()
+                .expect("old")
+                .1
+                .next_offset;
+            self.advance_durable(&mut st, old_end);
+            let (_, old) = st.segments.range_mut(..new_base).next_back().expect("old");
+            Self::encode_indexes(old)
+        };
+        self.write_indexes(ip, ib, tp, tb).await;
+        let path = self.dir.join(log_file_name(new_base));
+        let created = async {
+            let f = self.storage.open(&path, OpenMode::CreateTruncate).await?;
+            self.storage.sync_dir(&self.dir).await?;
+            Ok::<_, io::Error>(f)
+        }
+        .await;
+        match created {
+            Ok(f) => {
+                let mut st = self.state.borrow_mut();
+                if st.fenced.is_some() {
+                    return;
+                }
+                if let Some((_, old)) = st.segments.range_mut(..new_base).next_back() {
+                    old.tail = Vec::new();
+                }
+                if let Some(seg) = st.segments.get_mut(&new_base) {
+                    seg.file = Some(f);
+                }
+            }
+            Err(e) => self.handle_write_error(LogError::io("create segment", path, e)),
+        }
+    }
+
+    async fn write_checkpoint(&self) -> Result<(), LogError> {
+        // One checkpoint write at a time (they share the temporary file).
+        loop {
+            let listener = self.idle_event.listen();
+            if !self.checkpoint_busy.get() {
+                break;
+            }
+            listener.await;
+        }
+        let cp = {
+            let st = self.state.borrow();
+            Checkpoint {
+                durable_offset: st.durable,
+                log_start_offset: st.log_start,
+            }
+        };
+        self.checkpoint_busy.set(true);
+        let tmp = self.dir.join(CHECKPOINT_TMP_FILE);
+        let dst = self.dir.join(CHECKPOINT_FILE);
+        let result = async {
+            write_whole_file(&*self.storage, &tmp, &cp.encode()).await?;
+            self.storage.rename(&tmp, &dst).await
+        }
+        .await;
+        self.checkpoint_busy.set(false);
+        self.idle_event.notify(usize::MAX);
+        match result {
+            Ok(()) => {
+                let mut st = self.state.borrow_mut();
+                st.checkpointed = st.checkpointed.max(cp.durable_offset);
+                st.last_checkpoint_ms = now_ms();
+                Ok(())
+            }
+            Err(e) => Err(LogError::io("write checkpoint", dst, e)),
+        }
+    }
+
+    /// Close path: trims the active segment's padding, fdatasync, indexes.
+    async fn finish_active(&self) -> Result<(), LogError> {
+        let (file, size) = {
+            let st = self.state.borrow();
+            let seg = st.active();
+            match &seg.file {
+                Some(f) => (f.clone(), seg.written_size),
+                None => return Ok(()),
+            }
+        };
+        let synced = async {
+            file.truncate(size).await?;
+            file.fdatasync().await
+        }
+        .await;
+        if let Err(e) = synced {
+            let err = LogError::io("close segment", file.path(), e);
+            self.fence(err.clone());
+            return Err(err);
+        }
+        let (ip, ib, tp, tb) = {
+            let mut st = self.state.borrow_mut();
+            st.stats.fdatasyncs += 1;
+            let written = st.written;
+            self.advance_durable(&mut st, written);
+            Self::encode_indexes(st.active_mut())
+        };
+        self.write_indexes(ip, ib, tp, tb).await;
+        Ok(())
+    }
+}
+
+struct WriteJob {
+    segment: i64,
+    file: Rc<dyn StorageFile>,
+    written_size: u64,
+    tail: Vec<u8>,
+    chunks: Vec<Bytes>,
+    bytes: u64,
+    end_offset: i64,
+}
+
+enum Job {
+    Write(WriteJob),
+    Roll(i64),
+}
+
+async fn writer_loop(sh: Rc<Shared>) {
+    loop {
+        let job = {
+            let mut st = sh.state.borrow_mut();
+            let front = match st.queue.front() {
+                Some(p) if st.fenced.is_none() => p.segment,
+                _ => {
+                    st.writer_active = false;
+                    drop(st);
+                    sh.idle_event.notify(usize::MAX);
+                    return;
+                }
+            };
+            let seg = st.segments.get(&front).expect("queued segment exists");
+            match seg.file.clone() {
+                None => Job::Roll(front),
+                Some(file) => {
+                    let written_size = seg.written_size;
+                    let tail = seg.tail.clone();
+                    let mut chunks = Vec::new();
+                    let mut bytes = 0u64;
+                    let mut end_offset = st.written;
+                    while let Some(p) = st.queue.front() {
+                        if p.segment != front
+                            || (!chunks.is_empty()
+                                && bytes + p.data.len() as u64 > sh.config.max_write_bytes as u64)
+                        {
+                            break;
+                        }
+                        let p = st.queue.pop_front().expect("front");
+                        assert_eq!(
+                            p.position,
+                            written_size + bytes,
+                            "queued data is contiguous"
+                        );
+                        bytes += p.data.len() as u64;
+                        end_offset = p.end_offset;
+                        chunks.push(p.data);
+                    }
+                    Job::Write(WriteJob {
+                        segment: front,
+                        file,
+                        written_size,
+                        tail,
+                        chunks,
+                        bytes,
+                        end_offset,
+                    })
+                }
+            }
+        };
+        match job {
+            Job::Roll(base) => sh.roll(base).await,
+            Job::Write(job) => write_once(&sh, job).await,
+        }
+    }
+}
+
+async fn write_once(sh: &Rc<Shared>, job: WriteJob) {
+    let start = job.written_size - job.tail.len() as u64;
+    assert_eq!(start % BLOCK_SIZE as u64, 0, "tail block is aligned");
+    let logical_end = job.written_size + job.bytes;
+    let len = (align_up(logical_end) - start) as usize;
+    let mut buf = job.file.alloc_buf(len);
+    let new_tail;
+    {
+        let out = buf.as_mut_slice();
+        let mut at = job.tail.len();
+        out[..at].copy_from_slice(&job.tail);
+        for c in &job.chunks {
+            out[at..at + c.len()].copy_from_slice(c);
+            at += c.len();
+        }
+        out[at..].fill(0);
+        let tail_start = (align_down(logical_end) - start) as usize;
+        new_tail = out[tail_start..at].to_vec();
+    }
+    let result = job.file.write_at(buf, start).await;
+    let mut st = sh.state.borrow_mut();
+    if st.fenced.is_some() {
+        return;
+    }
+    match result {
+        Ok(n) if n == len => {
+            let seg = st
+                .segments
+                .get_mut(&job.segment)
+                .expect("segment being written exists");
+            seg.written_size = logical_end;
+            seg.tail = new_tail;
+            st.written = job.end_offset;
+            st.queued_bytes -= job.bytes;
+            st.stats.writes += 1;
+            st.stats.bytes_written += len as u64;
+            while let Some((end, _)) = st.write_acks.front() {
+                if *end > job.end_offset {
+                    break;
+                }
+                let (_, cell) = st.write_acks.pop_front().expect("front");
+                cell.complete(Ok(()));
+            }
+            let spawn = Shared::claim_syncer(&mut st);
+            drop(st);
+            if spawn {
+                glommio::spawn_local(syncer_loop(sh.clone())).detach();
+            }
+            sh.space_event.notify(usize::MAX);
+        }
+        other => {
+            drop(st);
+            let err = match other {
+                Ok(n) => io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {len} bytes"),
+                ),
+                Err(e) => e,
+            };
+            sh.handle_write_error(LogError::io("write", job.file.path(), err));
+        }
+    }
+}
+
+async fn syncer_loop(sh: Rc<Shared>) {
+    loop {
+        let (target, files) = {
+            let mut st = sh.state.borrow_mut();
+            if st.fenced.is_some() || st.written <= st.durable {
+                st.syncer_active = false;
+                drop(st);
+                sh.idle_event.notify(usize::MAX);
+                return;
+            }
+            let target = st.written;
+            let durable = st.durable;
+            let files: Vec<Rc<dyn StorageFile>> = st
+                .segments
+                .range(..target)
+                .rev()
+                .take_while(|(_, s)| s.next_offset > durable)
+                .filter_map(|(_, s)| s.file.clone())
+                .collect();
+            (target, files)
+        };
+        let mut failed = None;
+        for f in &files {
+            if let Err(e) = f.fdatasync().await {
+                failed = Some(LogError::io("fdatasync", f.path(), e));
+                break;
+            }
+        }
+        if let Some(err) = failed {
+            // Never retry-and-ack: the kernel may have dropped the dirty data.
+            let mut st = sh.state.borrow_mut();
+            st.syncer_active = false;
+            drop(st);
+            sh.fence(err);
+            return;
+        }
+        let checkpoint_due = {
+            let mut st = sh.state.borrow_mut();
+            if st.fenced.is_some() {
+                continue;
+            }
+            st.stats.fdatasyncs += 1;
+            sh.advance_durable(&mut st, target);
+            st.durable > st.checkpointed
+                && now_ms().saturating_sub(st.last_checkpoint_ms)
+                    >= sh.config.checkpoint_interval_ms as i64
+        };
+        if checkpoint_due {
+            if let Err(e) = sh.write_checkpoint().await {
+                tracing::warn!(error = %e, "could not write the durable checkpoint; recovery will be less precise");
+            }
+        }
+    }
+}
+
+/// Loads both indexes of a segment; `None` if either is missing or damaged.
+async fn load_indexes(
+    storage: &StorageRef,
+    seg: &Segment,
+) -> Option<(OffsetIndex, TimeIndex, IndexTrailer)> {
+    let ib = read_whole_file(&**storage, &seg.index_path()).await.ok()?;
+    let tb = read_whole_file(&**storage, &seg.timeindex_path())
+        .await
+        .ok()?;
+    let (index, it) = OffsetIndex::decode(&ib).ok()?;
+    let (time, tt) = TimeIndex::decode(&tb).ok()?;
+    let same = it.segment_bytes == tt.segment_bytes
+        && it.next_offset == tt.next_offset
+        && it.max_timestamp == tt.max_timestamp
+        && it.next_offset >= seg.base_offset
+        && index
+            .entries()
+            .iter()
+            .all(|e| (e.relative_offset as i64) < it.next_offset - seg.base_offset)
+        && time
+            .entries()
+            .iter()
+            .all(|e| (e.relative_offset as i64) < it.next_offset - seg.base_offset);
+    same.then_some((index, time, it))
+}
+
+fn apply_trusted_indexes(
+    seg: &mut Segment,
+    index: OffsetIndex,
+    time: TimeIndex,
+    trailer: &IndexTrailer,
+) {
+    seg.max_timestamp = trailer.max_timestamp;
+    seg.max_timestamp_offset = time.last().map_or(seg.base_offset, |e| {
+        seg.base_offset + e.relative_offset as i64
+    });
+    seg.index = index;
+    seg.timeindex = time;
+    seg.bytes_since_index = 0;
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogError {
+    let path = path.to_path_buf();
+    move |e| LogError::io(op, path, e)
+}
+
+async fn recover(
+    storage: &StorageRef,
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<(State, RecoveryReport), LogError> {
+    storage
+        .create_dir_all(dir)
+        .await
+        .map_err(io_err("create partition directory", dir))?;
+    let entries = storage
+        .list_dir(dir)
+        .await
+        .map_err(io_err("list partition directory", dir))?;
+    let mut report = RecoveryReport::default();
+    let mut bases: Vec<i64> = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .filter_map(|e| parse_file_name(&e.name, LOG_SUFFIX))
+        .collect();
+    bases.sort_unstable();
+    // Orphan indexes (their log was deleted) and stale temporary files.
+    for e in entries.iter().filter(|e| !e.is_dir) {
+        let orphan = [INDEX_SUFFIX, TIMEINDEX_SUFFIX]
+            .iter()
+            .filter_map(|s| parse_file_name(&e.name, s))
+            .any(|b| bases.binary_search(&b).is_err());
+        if orphan || e.name == CHECKPOINT_TMP_FILE {
+            let _ = storage.remove_file(&dir.join(&e.name)).await;
+        }
+    }
+    let checkpoint = if entries.iter().any(|e| e.name == CHECKPOINT_FILE) {
+        let path = dir.join(CHECKPOINT_FILE);
+        match read_whole_file(&**storage, &path).await {
+            Ok(b) => match Checkpoint::decode(&b) {
+                Ok(c) => Some(c),
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), reason, "ignoring damaged checkpoint");
+                    None
+                }
+            },
+            Err(e) => return Err(LogError::io("read checkpoint", path, e)),
+        }
+    } else {
+        None
+    };
+    report.checkpoint = checkpoint;
+    let durable_floor = checkpoint.map_or(0, |c| c.durable_offset);
+    let interval = config.index_interval_bytes;
+
+    let mut segments: BTreeMap<i64, Segment> = BTreeMap::new();
+    if bases.is_empty() {
+        let mut seg = Segment::new(dir, 0);
+        let f = storage
+            .open(&seg.log_path, OpenMode::CreateTruncate)
+            .await
+            .map_err(io_err("create segment", &seg.log_path))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync partition directory", dir))?;
+        seg.file = Some(f);
+        segments.insert(0, seg);
+    }
+    let now = now_ms();
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let mut seg = Segment::new(dir, base);
+        let path = seg.log_path.clone();
+        let file = storage
+            .open(&path, OpenMode::ReadWrite)
+            .await
+            .map_err(io_err("open segment", &path))?;
+        let size = file.size().await.map_err(io_err("stat segment", &path))?;
+        let loaded = load_indexes(storage, &seg).await;
+        let corrupt = |position: u64, offset: i64, reason: String| LogError::Corrupt {
+            segment: path.clone(),
+            position,
+            offset,
+            reason,
+        };
+        let mut clean = false;
+        let (mut start_pos, mut start_off, mut trusted_size) = (0u64, base, 0u64);
+        match loaded {
+            Some((index, time, trailer)) if trailer.segment_bytes == size => {
+                seg.next_offset = trailer.next_offset;
+                apply_trusted_indexes(&mut seg, index, time, &trailer);
+                clean = true;
+            }
+            Some((index, time, trailer)) if is_last && trailer.segment_bytes < size => {
+                if let Some(e) = index.last() {
+                    start_pos = e.position as u64;
+                    start_off = base + e.relative_offset as i64;
+                }
+                trusted_size = trailer.segment_bytes;
+                apply_trusted_indexes(&mut seg, index, time, &trailer);
+            }
+            _ => {}
+        }
+        if !clean {
+            let mut outcome = scan_segment(&mut seg, &*file, start_pos, start_off, size, interval)
+                .await
+                .map_err(io_err("scan segment", &path))?;
+            report.scanned_bytes += outcome.end_position - start_pos;
+            if outcome
+                .stop
+                .as_ref()
+                .is_some_and(|(p, _)| *p < trusted_size)
+            {
+                // The stale index describes data that is gone: rebuild from 0.
+                seg = Segment::new(dir, base);
+                outcome = scan_segment(&mut seg, &*file, 0, base, size, interval)
+                    .await
+                    .map_err(io_err("scan segment", &path))?;
+                report.scanned_bytes += outcome.end_position;
+            }
+            if let Some((position, reason)) = outcome.stop {
+                if !is_last {
+                    return Err(corrupt(
+                        position,
+                        outcome.next_offset,
+                        format!("{reason} (in a sealed segment, which was fsynced before the next one was created)"),
+                    ));
+                }
+                if outcome.next_offset < durable_floor {
+                    return Err(corrupt(
+                        position,
+                        outcome.next_offset,
+                        format!("{reason}; the checkpoint says offsets below {durable_floor} were made durable"),
+                    ));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    from_bytes = size,
+                    to_bytes = position,
+                    reason,
+                    "torn tail after a crash: truncating the last segment"
+                );
+                report.truncated_bytes += size - position;
+                report.torn_tail = Some(format!("{} at byte {position}: {reason}", path.display()));
+                file.truncate(position)
+                    .await
+                    .map_err(io_err("truncate torn tail", &path))?;
+            }
+            seg.next_offset = outcome.next_offset;
+            seg.written_size = outcome.end_position;
+            if !is_last {
+                tracing::warn!(segment = %path.display(), "rebuilding a missing or damaged index from the log");
+                let (ip, ib, tp, tb) = Shared::encode_indexes(&mut seg);
+                for (p, b) in [(ip, ib), (tp, tb)] {
+                    if let Err(e) = write_whole_file(&**storage, &p, &b).await {
+                        tracing::warn!(path = %p.display(), error = %e, "could not write rebuilt index");
+                    }
+                }
+                report.indexes_rebuilt.push(path.clone());
+            }
+        } else {
+            seg.written_size = size;
+        }
+        seg.size = seg.written_size;
+        if let Some(prev) = segments.values().next_back() {
+            if prev.next_offset != base {
+                return Err(corrupt(
+                    0,
+                    base,
+                    format!(
+                        "offset gap: the previous segment ends at offset {} but this one starts at {base}",
+                        prev.next_offset
+                    ),
+                ));
+            }
+        }
+        if is_last {
+            report.clean_shutdown = clean;
+            let tail_start = align_down(seg.written_size);
+            if tail_start < seg.written_size {
+                let tail = file
+                    .read_at(tail_start, (seg.written_size - tail_start) as usize)
+                    .await
+                    .map_err(io_err("read tail block", &path))?;
+                assert_eq!(tail.len() as u64, seg.written_size - tail_start);
+                seg.tail = tail.to_vec();
+            }
+            if seg.written_size > 0 {
+                seg.first_append_ms = Some(now);
+            }
+            // Whatever survived the crash may sit in volatile caches: make it
+            // durable before it becomes visible.
+            file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+        } else {
+            seg.sealed = true;
+        }
+        seg.file = Some(file);
+        segments.insert(base, seg);
+    }
+    report.segments = segments.len();
+    let log_start = *segments.keys().next().expect("a segment");
+    let log_end = segments
+        .values()
+        .next_back()
+        .expect("a segment")
+        .next_offset;
+    if log_end < durable_floor {
+        let last = segments.values().next_back().expect("a segment");
+        return Err(LogError::Corrupt {
+            segment: last.log_path.clone(),
+            position: last.written_size,
+            offset: log_end,
+            reason: format!("the log ends at offset {log_end} but the checkpoint says offsets below {durable_floor} were made durable; acknowledged data is missing"),
+        });
+    }
+    let state = State {
+        segments,
+        log_start,
+        log_end,
+        written: log_end,
+        durable: log_end,
+        queue: VecDeque::new(),
+        queued_bytes: 0,
+        write_acks: VecDeque::new(),
+        sync_acks: VecDeque::new(),
+        writer_active: false,
+        syncer_active: false,
+        fenced: None,
+        closed: false,
+        checkpointed: durable_floor,
+        last_checkpoint_ms: now,
+        stats: LogStats::default(),
+    };
+    Ok((state, report))
+}

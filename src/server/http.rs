@@ -1,0 +1,242 @@
+//! The admin HTTP endpoint on shard 0: `/health` and `/metrics`.
+//!
+//! A deliberately tiny HTTP/1.1 server (one request per connection, GET
+//! only, 8 KiB request cap): this port serves probes and scrapers, not
+//! traffic, and keeping it dependency-free keeps it on the shard's executor.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use ringmq_shards::metrics::ShardMetrics;
+use ringmq_shards::shard::Shard;
+use ringmq_wire::envelope::ApiKey;
+
+use super::shutdown::Shutdown;
+
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+pub struct HttpState {
+    pub shard: Rc<Shard>,
+    pub all_metrics: Arc<Vec<Arc<ShardMetrics>>>,
+    pub ready_shards: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn serve(listener: TcpListener, state: Rc<HttpState>, shutdown: Shutdown) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let state = state.clone();
+                glommio::spawn_local(async move {
+                    if let Err(err) = handle(stream, &state).await {
+                        tracing::debug!(error = %err, "http request failed");
+                    }
+                })
+                .detach();
+            }
+            Some(Err(err)) => tracing::warn!(error = %err, "http accept failed"),
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&chunk[..n]);
+        if request.len() > MAX_REQUEST_BYTES {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            )
+            .await;
+        }
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/health") => {
+            let ready = state.ready_shards.load(Ordering::SeqCst);
+            let total = state.shard.config().shard_count;
+            let status = if ready == total { "ok" } else { "starting" };
+            let body = format!(
+                "{{\"status\":\"{status}\",\"shards\":{total},\"ready_shards\":{ready}}}\n"
+            );
+            let code = if ready == total {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            respond(&mut stream, code, "application/json", &body).await
+        }
+        ("GET", "/metrics") => {
+            let body = render_metrics(state).await;
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
+        }
+        ("GET", _) => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /health or /metrics\n",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.close().await
+}
+
+/// Prometheus text exposition (format 0.0.4).
+async fn render_metrics(state: &HttpState) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let shards = state.all_metrics.iter().enumerate();
+    counter_header(
+        &mut out,
+        "ringmq_requests_total",
+        "Requests received, by API.",
+    );
+    for (shard, m) in shards.clone() {
+        for api in ApiKey::ALL {
+            let _ = writeln!(
+                out,
+                "ringmq_requests_total{{shard=\"{shard}\",api=\"{}\"}} {}",
+                api.name(),
+                m.requests_for(api)
+            );
+        }
+    }
+    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> i64); 8] = [
+        (
+            "ringmq_request_errors_total",
+            "counter",
+            "Requests refused before reaching a handler (malformed, unknown API).",
+            |m| m.request_errors.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_produce_bytes_total",
+            "counter",
+            "Record-batch bytes accepted by produce.",
+            |m| m.produce_bytes.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_produce_messages_total",
+            "counter",
+            "Records accepted by produce.",
+            |m| m.produce_messages.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_fetch_bytes_total",
+            "counter",
+            "Record-batch bytes returned by fetch.",
+            |m| m.fetch_bytes.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_connections_open",
+            "gauge",
+            "Open client connections.",
+            |m| m.connections_open.load(Ordering::Relaxed),
+        ),
+        (
+            "ringmq_connections_total",
+            "counter",
+            "Client connections accepted.",
+            |m| m.connections_total.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_forwards_out_total",
+            "counter",
+            "Requests this shard forwarded to another shard.",
+            |m| m.forwards_out.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ringmq_forwards_in_total",
+            "counter",
+            "Requests this shard served for another shard.",
+            |m| m.forwards_in.load(Ordering::Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, read) in per_shard {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, m) in shards.clone() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", read(m));
+        }
+    }
+    let stats = state.shard.cluster_partition_stats().await;
+    let gauges: [(&str, &str, fn(&ringmq_shards::mesh::PartitionStat) -> i64); 4] = [
+        (
+            "ringmq_partition_log_end_offset",
+            "Next offset to be assigned.",
+            |s| s.log_end_offset,
+        ),
+        (
+            "ringmq_partition_high_watermark",
+            "Offset up to which data is durable and visible.",
+            |s| s.high_watermark,
+        ),
+        (
+            "ringmq_partition_log_start_offset",
+            "First offset still retained.",
+            |s| s.log_start_offset,
+        ),
+        ("ringmq_partition_size_bytes", "Bytes on disk.", |s| {
+            s.size_bytes as i64
+        }),
+    ];
+    for (name, help, read) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{}\",partition=\"{}\"}} {}",
+                s.topic,
+                s.partition,
+                read(s)
+            );
+        }
+    }
+    out
+}
+
+fn counter_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}

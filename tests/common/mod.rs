@@ -1,0 +1,316 @@
+//! Test harness: real `ringmq` processes on loopback with temporary data
+//! directories, real signals, raw protocol connections.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::FlatBufferBuilder;
+use ringmq_wire::envelope::{Request, RequestBody, Response};
+use ringmq_wire::frame::{encode_frame_head, FrameDecoder};
+
+/// Path of a binary built by `cargo build --workspace --bins` (the test
+/// executable lives in target/<profile>/deps/).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Broker {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub http_port: u16,
+    pub shards: usize,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts a broker with `shards` shards in a fresh temporary directory.
+    pub fn start(shards: usize) -> Broker {
+        Broker::start_with(shards, &[])
+    }
+
+    pub fn start_with(shards: usize, extra_args: &[&str]) -> Broker {
+        let temp = tempfile::Builder::new()
+            .prefix("ringmq-test")
+            .tempdir_in(test_tmp_root())
+            .unwrap();
+        let mut broker = Broker {
+            data_dir: temp.path().join("data"),
+            port: free_port(),
+            http_port: free_port(),
+            shards,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            _temp: Some(temp),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Starts a broker on an existing data directory (kept by the caller).
+    pub fn start_in(data_dir: &Path, shards: usize, extra_args: &[&str]) -> Broker {
+        let mut broker = Broker {
+            data_dir: data_dir.to_path_buf(),
+            port: free_port(),
+            http_port: free_port(),
+            shards,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            _temp: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr().parse().unwrap()
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(bin_path("ringmq"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr())
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--shards")
+            .arg(self.shards.to_string())
+            .arg("--shard-port-base")
+            .arg("0")
+            .args(&self.extra_args)
+            .env(
+                "RINGMQ_LOG",
+                std::env::var("RINGMQ_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.child = Some(cmd.spawn().expect("spawn ringmq"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ringmq exited during start-up: {status}");
+            }
+            if let Ok((200, _)) = http_get(self.http_port, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ringmq did not become healthy within 60 s");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL: no flush, no clean close.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ringmq did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn ringctl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        ringctl(&self.addr(), args, stdin)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where test data directories go: the target directory (a real disk, so
+/// O_DIRECT is exercised), unless RINGMQ_TEST_TMP says otherwise.
+pub fn test_tmp_root() -> PathBuf {
+    if let Ok(dir) = std::env::var("RINGMQ_TEST_TMP") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .unwrap();
+    let dir = target.join("test-tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn ringctl(broker: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(bin_path("ringctl"));
+    cmd.arg("--broker").arg(broker).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ringctl");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Minimal HTTP GET; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A raw native-protocol connection for tests that speak bytes directly.
+pub struct RawConn {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+    buf: BytesMut,
+    fbb: FlatBufferBuilder<'static>,
+}
+
+impl RawConn {
+    pub fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawConn {
+            stream,
+            decoder: FrameDecoder::new(256 << 20),
+            buf: BytesMut::new(),
+            fbb: FlatBufferBuilder::new(),
+        }
+    }
+
+    pub fn send(&mut self, correlation_id: u64, body: RequestBody, payload: &[u8]) {
+        let request = Request::new(correlation_id, body);
+        let mut frame = BytesMut::new();
+        encode_frame_head(&mut frame, request.encode(&mut self.fbb), payload.len());
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one response; `None` on end of stream.
+    pub fn recv(&mut self) -> Option<(Response, Bytes)> {
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("broker sends valid frames")
+            {
+                let response =
+                    Response::decode(&frame.envelope).expect("broker sends valid envelopes");
+                return Some((response, frame.payload.freeze()));
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    pub fn call(
+        &mut self,
+        correlation_id: u64,
+        body: RequestBody,
+        payload: &[u8],
+    ) -> (Response, Bytes) {
+        self.send(correlation_id, body, payload);
+        let (response, payload) = self.recv().expect("a response");
+        assert_eq!(response.correlation_id, correlation_id);
+        (response, payload)
+    }
+}
