@@ -19,6 +19,11 @@ use super::shutdown::Shutdown;
 
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
+/// (name, type, help, reader) of a per-shard series.
+type ShardSeries = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> i64);
+/// (name, help, reader) of a per-partition gauge.
+type PartitionSeries = (&'static str, &'static str, fn(&ringmq_shards::mesh::PartitionStat) -> i64);
+
 pub struct HttpState {
     pub shard: Rc<Shard>,
     pub all_metrics: Arc<Vec<Arc<ShardMetrics>>>,
@@ -145,7 +150,7 @@ async fn render_metrics(state: &HttpState) -> String {
             );
         }
     }
-    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> i64); 8] = [
+    let per_shard: [ShardSeries; 8] = [
         (
             "ringmq_request_errors_total",
             "counter",
@@ -202,7 +207,7 @@ async fn render_metrics(state: &HttpState) -> String {
         }
     }
     let stats = state.shard.cluster_partition_stats().await;
-    let gauges: [(&str, &str, fn(&ringmq_shards::mesh::PartitionStat) -> i64); 4] = [
+    let gauges: [PartitionSeries; 4] = [
         (
             "ringmq_partition_log_end_offset",
             "Next offset to be assigned.",

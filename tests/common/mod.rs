@@ -314,3 +314,97 @@ impl RawConn {
         (response, payload)
     }
 }
+
+/// Sum over shards of a per-shard counter in `/metrics`
+/// (`NAME{shard="S"} VALUE` lines).
+pub fn metric_sum(http_port: u16, name: &str) -> i64 {
+    metric_by_shard(http_port, name).iter().map(|(_, v)| v).sum()
+}
+
+/// `(shard, value)` of every `NAME{shard="S"} VALUE` line in `/metrics`.
+pub fn metric_by_shard(http_port: u16, name: &str) -> Vec<(u16, i64)> {
+    let (status, body) = http_get(http_port, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    let prefix = format!("{name}{{shard=\"");
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (shard, rest) = rest.split_once('"')?;
+            let value = rest.rsplit(' ').next()?;
+            Some((shard.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs ringctl like [`ringctl`], killing it (and panicking) if it has not
+/// exited within `timeout`.
+pub fn ringctl_timeout(
+    broker: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
+    let child = spawn_ringctl(broker, args, stdin);
+    wait_output_timeout(child, timeout, &format!("ringctl {args:?}"))
+}
+
+/// Starts ringctl with piped stdout/stderr; `stdin` is written (then closed)
+/// from a helper thread.
+pub fn spawn_ringctl(broker: &str, args: &[&str], stdin: Option<&[u8]>) -> Child {
+    let mut cmd = Command::new(bin_path("ringctl"));
+    cmd.arg("--broker").arg(broker).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ringctl");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child
+}
+
+/// Collects a child's output, killing it (and panicking with what it printed
+/// so far) if it runs longer than `timeout`.
+pub fn wait_output_timeout(mut child: Child, timeout: Duration, what: &str) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = stdout.join().unwrap();
+            let err = stderr.join().unwrap();
+            panic!(
+                "{what} did not exit within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
