@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Broker;
 use ringmq_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, StartFrom,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    StartFrom,
 };
 use ringmq_wire::murmur2::partition_for_key;
 
@@ -331,7 +331,10 @@ fn topics_and_configs_persist_across_restarts() {
     broker.restart();
     check(&broker, "after SIGKILL");
     // A deleted topic stays deleted.
-    connect(&broker).admin().delete_topic("plain").expect("delete");
+    connect(&broker)
+        .admin()
+        .delete_topic("plain")
+        .expect("delete");
     let status = broker.terminate();
     assert!(status.success(), "{status}");
     broker.restart();

@@ -19,15 +19,32 @@ fn verify(dir: &std::path::Path, json: bool) -> std::process::Output {
 fn verify_reports_clean_logs_and_finds_a_flipped_byte() {
     let mut broker = Broker::start(2);
     let out = broker.ringctl(&["topic", "create", "audit", "--partitions", "2"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let input: String = (0..5_000).map(|i| format!("k{}:value-{i}\n", i % 7)).collect();
-    let out = broker.ringctl(&["produce", "audit", "--key-separator", ":"], Some(input.as_bytes()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input: String = (0..5_000)
+        .map(|i| format!("k{}:value-{i}\n", i % 7))
+        .collect();
+    let out = broker.ringctl(
+        &["produce", "audit", "--key-separator", ":"],
+        Some(input.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(broker.terminate().success());
 
     let out = verify(&broker.data_dir, false);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("2 partitions, 0 errors"), "{text}");
     let out = verify(&broker.data_dir, true);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
@@ -44,7 +61,9 @@ fn verify_reports_clean_logs_and_finds_a_flipped_byte() {
         .unwrap()
         .chain(std::fs::read_dir(broker.data_dir.join("topics/audit/1")).unwrap())
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log") && std::fs::metadata(p).unwrap().len() > 100)
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "log") && std::fs::metadata(p).unwrap().len() > 100
+        })
         .expect("a non-empty segment");
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[80] ^= 0x01;

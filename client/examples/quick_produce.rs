@@ -12,11 +12,17 @@ use ringmq_client::{Acks, ClientConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let broker = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:7070".into());
+    let broker = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
     let topic = args.get(2).cloned().unwrap_or_else(|| "perf".into());
     let messages: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let message_bytes: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let acks: Acks = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(Acks::Fsync);
+    let acks: Acks = args
+        .get(5)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Acks::Fsync);
     let config = ProducerConfig {
         acks,
         linger_ms: 5,

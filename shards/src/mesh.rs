@@ -58,6 +58,8 @@ pub enum ShardRequest {
     ApplyCatalog(Arc<Catalog>),
     /// Per-partition figures for /metrics.
     PartitionStats,
+    /// Latency histograms and cache counters for /metrics.
+    Histograms,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,7 @@ pub enum ShardResponse {
     TopicResults(TopicResults),
     CatalogApplied,
     PartitionStats(Vec<PartitionStat>),
+    Histograms(Box<crate::metrics::HistogramSnapshot>),
 }
 
 #[derive(Debug)]

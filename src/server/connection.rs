@@ -200,11 +200,14 @@ async fn dispatch(
         }
     };
     let correlation_id = request.correlation_id;
+    let api = request.body.api();
+    let started = std::time::Instant::now();
     let completion = shard.submit(request, payload).await;
     let outbox = outbox.clone();
     let in_flight = in_flight.clone();
     glommio::spawn_local(async move {
         let reply = completion.await;
+        ringmq_shards::metrics::record_request_latency(api, started.elapsed().as_micros() as u64);
         if !reply.silent {
             outbox.push(correlation_id, reply);
         }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use ringmq_shards::metrics::ShardMetrics;
+use ringmq_shards::metrics::{
+    HistogramSnapshot, SeriesSnapshot, ShardMetrics, GROUP_COMMIT_BUCKETS, LATENCY_BUCKETS_US,
+};
 use ringmq_shards::shard::Shard;
 use ringmq_wire::envelope::ApiKey;
 
@@ -20,9 +22,18 @@ use super::shutdown::Shutdown;
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
 /// (name, type, help, reader) of a per-shard series.
-type ShardSeries = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> i64);
+type ShardSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> i64,
+);
 /// (name, help, reader) of a per-partition gauge.
-type PartitionSeries = (&'static str, &'static str, fn(&ringmq_shards::mesh::PartitionStat) -> i64);
+type PartitionSeries = (
+    &'static str,
+    &'static str,
+    fn(&ringmq_shards::mesh::PartitionStat) -> i64,
+);
 
 pub struct HttpState {
     pub shard: Rc<Shard>,
@@ -206,6 +217,7 @@ async fn render_metrics(state: &HttpState) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", read(m));
         }
     }
+    render_histograms(&mut out, &state.shard.cluster_histograms().await);
     let stats = state.shard.cluster_partition_stats().await;
     let gauges: [PartitionSeries; 4] = [
         (
@@ -240,6 +252,86 @@ async fn render_metrics(state: &HttpState) -> String {
         }
     }
     out
+}
+
+fn render_histograms(out: &mut String, shards: &[(usize, HistogramSnapshot)]) {
+    let name = "ringmq_request_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Request latency on the shard, from frame decoded to reply queued.\n# TYPE {name} histogram");
+    for (shard, snapshot) in shards {
+        for (api, series) in ApiKey::ALL.iter().zip(&snapshot.request_latency_us) {
+            let labels = format!("shard=\"{shard}\",api=\"{}\"", api.name());
+            write_histogram(out, name, &labels, series, &LATENCY_BUCKETS_US, 1e-6);
+        }
+    }
+    let name = "ringmq_fdatasync_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Latency of the fdatasyncs that make partition logs durable.\n# TYPE {name} histogram");
+    for (shard, snapshot) in shards {
+        let labels = format!("shard=\"{shard}\"");
+        write_histogram(
+            out,
+            name,
+            &labels,
+            &snapshot.fdatasync_latency_us,
+            &LATENCY_BUCKETS_US,
+            1e-6,
+        );
+    }
+    let name = "ringmq_group_commit_records";
+    let _ = writeln!(out, "# HELP {name} Records made durable by one fdatasync (group-commit size).\n# TYPE {name} histogram");
+    for (shard, snapshot) in shards {
+        let labels = format!("shard=\"{shard}\"");
+        write_histogram(
+            out,
+            name,
+            &labels,
+            &snapshot.group_commit_records,
+            &GROUP_COMMIT_BUCKETS,
+            1.0,
+        );
+    }
+    for (name, help, read) in [
+        (
+            "ringmq_tail_cache_hits_total",
+            "Fetch reads served from the tail cache.",
+            (|s: &HistogramSnapshot| s.tail_cache_hits) as fn(&HistogramSnapshot) -> u64,
+        ),
+        (
+            "ringmq_tail_cache_misses_total",
+            "Fetch reads that went to disk.",
+            |s: &HistogramSnapshot| s.tail_cache_misses,
+        ),
+    ] {
+        counter_header(out, name, help);
+        for (shard, snapshot) in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", read(snapshot));
+        }
+    }
+}
+
+/// One Prometheus histogram: cumulative `_bucket`s, `+Inf`, `_sum`, `_count`.
+/// `scale` converts recorded units to the exposed unit (µs to seconds).
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    series: &SeriesSnapshot,
+    bounds: &[u64],
+    scale: f64,
+) {
+    for (bound, count) in bounds.iter().zip(&series.cumulative) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"{}\"}} {count}",
+            *bound as f64 * scale
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+        series.count
+    );
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
 }
 
 fn counter_header(out: &mut String, name: &str, help: &str) {

@@ -298,6 +298,7 @@ async fn shard_main(boot: ShardBoot) -> Result<(), String> {
     boot.ready.fetch_add(1, Ordering::SeqCst);
     tracing::debug!(shard = shard_id, "shard ready");
     boot.shutdown.wait().await;
+    shard.begin_shutdown();
     accept_public.await;
     accept_own.await;
     if let Some(http) = http {

@@ -318,7 +318,10 @@ impl RawConn {
 /// Sum over shards of a per-shard counter in `/metrics`
 /// (`NAME{shard="S"} VALUE` lines).
 pub fn metric_sum(http_port: u16, name: &str) -> i64 {
-    metric_by_shard(http_port, name).iter().map(|(_, v)| v).sum()
+    metric_by_shard(http_port, name)
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// `(shard, value)` of every `NAME{shard="S"} VALUE` line in `/metrics`.

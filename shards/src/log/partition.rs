@@ -1234,6 +1234,7 @@ async fn syncer_loop(sh: Rc<Shared>) {
             (target, files)
         };
         let mut failed = None;
+        let sync_started = std::time::Instant::now();
         for f in &files {
             if let Err(e) = f.fdatasync().await {
                 failed = Some(LogError::io("fdatasync", f.path(), e));
@@ -1254,6 +1255,10 @@ async fn syncer_loop(sh: Rc<Shared>) {
                 continue;
             }
             st.stats.fdatasyncs += 1;
+            crate::metrics::record_fdatasync(
+                sync_started.elapsed().as_micros() as u64,
+                target.saturating_sub(st.durable).max(0) as u64,
+            );
             sh.advance_durable(&mut st, target);
             st.durable > st.checkpointed
                 && now_ms().saturating_sub(st.last_checkpoint_ms)

@@ -31,10 +31,11 @@ impl Shard {
     /// holds up the connection's other requests).
     pub(super) async fn fetch(self: Rc<Self>, request: FetchRequest) -> Reply {
         let max_wait_ms = request.max_wait_ms.min(MAX_WAIT_MS_LIMIT);
-        let max_bytes = if request.max_bytes == 0 {
-            u32::MAX
-        } else {
-            request.max_bytes
+        // The response must fit in the frames clients accept: stay well below.
+        let frame_budget_bytes = (self.config.max_frame_bytes / 2) as u32;
+        let max_bytes = match request.max_bytes {
+            0 => frame_budget_bytes,
+            requested => requested.min(frame_budget_bytes),
         };
         let mut order: Vec<(String, u32)> = Vec::new();
         let mut by_owner: Vec<Vec<(String, FetchPartition)>> =
@@ -112,7 +113,8 @@ impl Shard {
     ) -> Vec<FetchPart> {
         let deadline = Instant::now() + Duration::from_millis(max_wait_ms as u64);
         loop {
-            let mut listeners: Vec<EventListener> = Vec::with_capacity(parts.len());
+            let mut listeners: Vec<EventListener> = Vec::with_capacity(parts.len() + 1);
+            listeners.push(self.shutdown_listener());
             for (topic, p) in &parts {
                 if let Ok(log) = self.local_log(topic, p.partition) {
                     listeners.push(log.watch());

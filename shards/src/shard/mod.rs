@@ -97,6 +97,8 @@ pub struct Shard {
     /// Serialises catalog changes on the controller (shard 0).
     controller_lock: glommio::sync::Semaphore,
     shutting_down: Cell<bool>,
+    /// Wakes long polls when shutdown begins.
+    shutdown_event: event_listener::Event,
 }
 
 /// Where the controller keeps the catalog.
@@ -170,6 +172,7 @@ impl Shard {
             metrics,
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
+            shutdown_event: event_listener::Event::new(),
         });
         shard.apply_catalog(Arc::new(catalog)).await;
         Ok(shard)
@@ -313,6 +316,9 @@ impl Shard {
             ShardRequest::PartitionStats => Box::pin(future::ready(ShardResponse::PartitionStats(
                 self.partition_stats(),
             ))),
+            ShardRequest::Histograms => Box::pin(future::ready(ShardResponse::Histograms(
+                Box::new(self.histograms()),
+            ))),
         }
     }
 
@@ -427,6 +433,33 @@ impl Shard {
         all
     }
 
+    /// This shard's histograms and cache counters.
+    fn histograms(&self) -> crate::metrics::HistogramSnapshot {
+        let mut snapshot = crate::metrics::histogram_snapshot();
+        let cache = self.cache.stats();
+        snapshot.tail_cache_hits = cache.hits;
+        snapshot.tail_cache_misses = cache.misses;
+        snapshot
+    }
+
+    /// Every shard's histograms (for /metrics), indexed by shard; a shard
+    /// that does not answer is left out.
+    pub async fn cluster_histograms(&self) -> Vec<(usize, crate::metrics::HistogramSnapshot)> {
+        let mut all = vec![(self.id(), self.histograms())];
+        for peer in 0..self.config.shard_count {
+            if peer == self.id() {
+                continue;
+            }
+            if let Ok(ShardResponse::Histograms(h)) =
+                self.mesh.call(peer, ShardRequest::Histograms).await
+            {
+                all.push((peer, *h));
+            }
+        }
+        all.sort_by_key(|(shard, _)| *shard);
+        all
+    }
+
     /// Tail-cache counters, for /metrics.
     pub fn cache(&self) -> &TailCache {
         &self.cache
@@ -459,9 +492,21 @@ impl Shard {
             .collect()
     }
 
+    /// First step of a clean shutdown: refuse new requests and end long
+    /// polls early, so connections drain quickly.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        self.shutdown_event.notify(usize::MAX);
+    }
+
+    /// A listener that fires when shutdown begins.
+    pub(crate) fn shutdown_listener(&self) -> event_listener::EventListener {
+        self.shutdown_event.listen()
+    }
+
     /// Clean shutdown: refuse new requests, then flush and close every log.
     pub async fn shutdown(&self) {
-        self.shutting_down.set(true);
+        self.begin_shutdown();
         for log in self.open_logs() {
             if let Err(err) = log.close().await {
                 tracing::error!(error = %err, "closing a partition failed; recovery will check it on the next start");
