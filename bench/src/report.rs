@@ -152,7 +152,8 @@ impl ProgressLine {
                         next += Duration::from_secs(1);
                     }
                     std::thread::sleep(
-                        Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())),
+                        Duration::from_millis(50)
+                            .min(next.saturating_duration_since(Instant::now())),
                     );
                 }
             })

@@ -130,7 +130,8 @@ async fn read_loop(
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     in_flight.acquire(1).await.expect("semaphore never closes");
-                    dispatch(shard, frame.envelope, frame.payload, outbox, in_flight).await;
+                    let payload = own_small_payload(frame.payload);
+                    dispatch(shard, frame.envelope, payload, outbox, in_flight).await;
                 }
                 Ok(None) => break,
                 Err(err) => {
@@ -173,6 +174,20 @@ async fn read_loop(
     }
 }
 
+/// Payloads below this size get their own allocation.
+const SMALL_PAYLOAD_COPY_BYTES: usize = 64 * 1024;
+
+/// A payload is a view of the read buffer, and batches stay referenced by the
+/// tail cache after the request is done: a 100-byte batch would pin its whole
+/// 256 KiB read buffer. Small payloads are copied into an exact-size buffer
+/// (cheap at this size); large ones fill most of their buffer anyway.
+fn own_small_payload(payload: BytesMut) -> BytesMut {
+    if payload.is_empty() || payload.len() >= SMALL_PAYLOAD_COPY_BYTES {
+        return payload;
+    }
+    BytesMut::from(&payload[..])
+}
+
 /// Runs the ordered phase of one request and spawns its completion.
 async fn dispatch(
     shard: &Rc<Shard>,
@@ -186,15 +201,16 @@ async fn dispatch(
         Err(err) => {
             // The frame was well delimited, so the stream goes on; answer by
             // correlation id when the header itself could be read.
-            let correlation_id = peek_request_header(&envelope).map(|h| h.0).unwrap_or(0);
+            let header = peek_request_header(&envelope);
+            let correlation_id = header.map(|h| h.0).unwrap_or(0);
+            let api = header
+                .and_then(|(_, api)| ApiKey::from_fb(ringmq_wire::generated::ApiKey(api)))
+                .unwrap_or(ApiKey::ApiVersions);
             shard
                 .metrics()
                 .request_errors
                 .fetch_add(1, Ordering::Relaxed);
-            outbox.push(
-                correlation_id,
-                Reply::error(ApiKey::ApiVersions, err.to_api_error()),
-            );
+            outbox.push(correlation_id, Reply::error(api, err.to_api_error()));
             in_flight.signal(1);
             return;
         }

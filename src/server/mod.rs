@@ -55,23 +55,25 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             args.data_dir.display()
         )
     })?;
+    let _data_dir_lock = lock_data_dir(&args.data_dir)?;
     let public = (0..shard_count)
-        .map(|_| bind(args.listen))
+        .map(|_| bind(args.listen, true))
         .collect::<Result<Vec<_>, _>>()?;
     let shard_port_base = args
         .shard_port_base
         .unwrap_or(args.listen.port().saturating_add(10));
     let shard_sockets = (0..shard_count)
         .map(|i| {
-            let port = if shard_port_base == 0 {
-                0
-            } else {
-                shard_port_base + i as u16
+            let port = match shard_port_base {
+                0 => 0,
+                base => base.checked_add(i as u16).ok_or_else(|| {
+                    format!("--shard-port-base {base} + shard {i} overflows; pick a lower base")
+                })?,
             };
-            bind(SocketAddr::new(args.listen.ip(), port))
+            bind(SocketAddr::new(args.listen.ip(), port), false)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let http = bind(args.http)?;
+    let http = bind(args.http, false)?;
     let advertise_host = args
         .advertise_host
         .clone()
@@ -178,9 +180,33 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     }
 }
 
-/// Binds a listening socket with SO_REUSEPORT (so every shard can accept on
-/// the public port) and returns it with its real address.
-fn bind(addr: SocketAddr) -> Result<(Socket, SocketAddr), String> {
+/// Takes an exclusive `flock` on `DIR/.lock` for the life of the process, so
+/// two brokers never share a data directory. The kernel drops it on exit,
+/// SIGKILL included.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data directory {} is in use by another ringmq process; stop it or pick another --data-dir",
+            data_dir.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// Binds a listening socket and returns it with its real address. Only the
+/// public port is shared (SO_REUSEPORT, one socket per shard); the
+/// shard-aware and HTTP ports are exclusive, so a second broker on the same
+/// ports fails loudly instead of silently taking some of the connections.
+fn bind(addr: SocketAddr, shared: bool) -> Result<(Socket, SocketAddr), String> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -191,9 +217,11 @@ fn bind(addr: SocketAddr) -> Result<(Socket, SocketAddr), String> {
     socket
         .set_reuse_address(true)
         .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
-    socket
-        .set_reuse_port(true)
-        .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    if shared {
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| format!("cannot bind {addr}: {e} (is another broker running there?)"))?;

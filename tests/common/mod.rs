@@ -30,12 +30,43 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A port that is free now and that the kernel will not hand out as an
+/// ephemeral port later: it lies below `ip_local_port_range`. A port the
+/// kernel picked (bind to port 0) is ephemeral, and after a broker stops
+/// its ports could be taken by any outgoing connection or by another
+/// broker's `--shard-port-base 0` listeners before `restart` binds them
+/// again ("Address already in use", or worse, SO_REUSEPORT sharing).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32;
+    if ephemeral_low <= low + 1_000 {
+        // An unusual range: fall back to a kernel-picked port.
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = ephemeral_low - low;
+    // Test binaries (and concurrent cargo runs) start at different places.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(7, Ordering::SeqCst) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_low}");
 }
 
 pub struct Broker {

@@ -263,6 +263,25 @@ fn check_framing(data: &[u8]) -> Result<usize, LogError> {
     Ok(count)
 }
 
+/// The first record of `batch` whose timestamp is at least `timestamp_ms`
+/// (offset, timestamp), like Kafka's ListOffsets. The batch's max timestamp
+/// is at least `timestamp_ms`, so one exists unless the batch is damaged, in
+/// which case the batch's base offset is the safe answer (never later).
+fn first_record_at_or_after(batch: Bytes, header: &BatchHeader, timestamp_ms: i64) -> (i64, i64) {
+    let fallback = (header.base_offset, header.max_timestamp);
+    let Ok(records) = ringmq_wire::batch::RecordIter::new(batch) else {
+        return fallback;
+    };
+    for record in records {
+        match record {
+            Ok(r) if r.timestamp_ms >= timestamp_ms => return (r.offset, r.timestamp_ms),
+            Ok(_) => {}
+            Err(_) => return fallback,
+        }
+    }
+    fallback
+}
+
 impl PartitionLog {
     /// Opens (or creates) the partition in `dir`, running recovery.
     pub async fn open(
@@ -658,7 +677,7 @@ impl PartitionLog {
                             return Ok(None);
                         }
                         if h.max_timestamp >= timestamp_ms {
-                            return Ok(Some((h.base_offset, h.max_timestamp)));
+                            return Ok(Some(first_record_at_or_after(bytes, &h, timestamp_ms)));
                         }
                     }
                 }

@@ -2,6 +2,7 @@
 //! locally or forward to the owner, then wait for the requested durability.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::future::{self, BoxedLocal};
@@ -34,7 +35,7 @@ impl Shard {
         };
         let count = slices.len();
         let mut results: Vec<Option<PartResult>> = (0..count).map(|_| None).collect();
-        let mut local: Vec<(usize, BoxedLocal<PartResult>)> = Vec::new();
+        let mut local: Vec<(usize, String, u32, BoxedLocal<PartResult>)> = Vec::new();
         let mut remote: Vec<Vec<(usize, ProducePart)>> =
             (0..self.config.shard_count).map(|_| Vec::new()).collect();
         for (index, (topic, partition, batches)) in slices.into_iter().enumerate() {
@@ -49,7 +50,8 @@ impl Shard {
                 .record_produce(part.batches.len() as u64, part.record_count as u64);
             let owner = self.owner(&topic, partition);
             if owner == self.id() {
-                local.push((index, self.append_ordered(part, acks).await));
+                let fut = self.append_ordered(part, acks).await;
+                local.push((index, topic, partition, fut));
             } else {
                 remote[owner].push((index, part));
             }
@@ -60,12 +62,14 @@ impl Shard {
                 calls.push(self.forward_produce(owner, acks, parts).await);
             }
         }
+        let deadline = Instant::now() + produce_timeout(request.timeout_ms);
         Box::pin(async move {
-            for (index, fut) in local {
-                results[index] = Some(fut.await);
+            for (index, topic, partition, fut) in local {
+                let result = until(deadline, fut).await;
+                results[index] = Some(result.unwrap_or_else(|| timed_out(topic, partition)));
             }
             for call in calls {
-                call.resolve(&mut results).await;
+                call.resolve(&mut results, deadline).await;
             }
             let mut by_topic: Vec<ProduceTopicResult> = Vec::new();
             for (topic, result) in results
@@ -260,6 +264,38 @@ fn split_payload(
         .collect())
 }
 
+/// Default and cap of a produce request's `timeout_ms`.
+const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 30_000;
+const MAX_PRODUCE_TIMEOUT_MS: u32 = 300_000;
+
+fn produce_timeout(timeout_ms: u32) -> Duration {
+    let ms = match timeout_ms {
+        0 => DEFAULT_PRODUCE_TIMEOUT_MS,
+        ms => ms.min(MAX_PRODUCE_TIMEOUT_MS),
+    };
+    Duration::from_millis(ms as u64)
+}
+
+/// `fut`'s output, or `None` once `deadline` passes.
+async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    })
+    .await
+}
+
+/// The answer for a part whose durability did not arrive in time. The batch
+/// may still become durable: like Kafka, a timeout means "unknown", and the
+/// producer must not assume it was lost.
+fn timed_out(topic: String, partition: u32) -> PartResult {
+    let err = ApiError::new(
+        ErrorCode::RequestTimedOut,
+        "the write was not acknowledged within the request timeout; it may still become durable",
+    );
+    (topic, ProducePartitionResult::failed(partition, err))
+}
+
 /// A produce call in flight to another shard, and where its results go.
 struct ForwardedProduce {
     owner: usize,
@@ -269,11 +305,22 @@ struct ForwardedProduce {
 }
 
 impl ForwardedProduce {
-    async fn resolve(self, results: &mut [Option<PartResult>]) {
-        let response = match self.receiver {
-            Some(rx) => rx.recv().await,
-            None => None,
+    async fn resolve(mut self, results: &mut [Option<PartResult>], deadline: Instant) {
+        let response = match self.receiver.take() {
+            Some(rx) => until(deadline, rx.recv()).await,
+            None => Some(None),
         };
+        match response {
+            None => {
+                for (index, topic, partition) in self.slots {
+                    results[index] = Some(timed_out(topic, partition));
+                }
+            }
+            Some(response) => self.fill(results, response),
+        }
+    }
+
+    fn fill(self, results: &mut [Option<PartResult>], response: Option<ShardResponse>) {
         match response {
             Some(ShardResponse::Produce(replies)) if replies.len() == self.slots.len() => {
                 for ((index, _, _), reply) in self.slots.into_iter().zip(replies) {
