@@ -75,7 +75,7 @@ pub fn run(args: &DiskArgs) -> BenchResult<i32> {
     if args.size_mib == 0 || args.block_kib == 0 || args.depth == 0 {
         return Err("--size-mib, --block-kib and --depth must be at least 1".into());
     }
-    if args.block_kib % 4 != 0 {
+    if args.block_kib & 3 != 0 {
         return Err("--block-kib must be a multiple of 4 (O_DIRECT alignment)".into());
     }
     let env = Environment::probe();

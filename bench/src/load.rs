@@ -35,7 +35,8 @@ use ringmq_wire::envelope::{LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use serde_json::{json, Value};
 
 use crate::report::{
-    latency_json, latency_line, new_histogram, now_ns, num, record_ns, Environment, ProgressLine,
+    latency_json, latency_line, new_histogram, now_ns, num, record_ns, wall_ms_at, Environment,
+    ProgressLine,
 };
 
 /// Options shared by `produce`, `consume` and `e2e`.
@@ -137,7 +138,15 @@ pub fn run(mode: Mode, args: &LoadArgs) -> BenchResult<i32> {
                 if n == 0 {
                     return Err("--produce-first needs --messages N".into());
                 }
+                let before = log_span(&client, &args.topic, partitions)?.2;
                 preload(args, n)?;
+                // With --acks none, "sent" is not "appended": wait for it.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while log_span(&client, &args.topic, partitions)?.2 < before + n
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             run_consume(&client, args, partitions)?
         }
@@ -327,8 +336,8 @@ fn payload_template(size: usize) -> Bytes {
         state ^= state >> 7;
         state ^= state << 17;
         out.extend_from_slice(WORDS[(state % 32) as usize].as_bytes());
-        out.push(if state % 7 == 0 { b',' } else { b' ' });
-        if state % 5 == 0 {
+        out.push(if state & 7 == 0 { b',' } else { b' ' });
+        if (state >> 3) & 3 == 0 {
             out.extend_from_slice(format!("{}", state % 100_000).as_bytes());
             out.push(b' ');
         }
@@ -510,6 +519,7 @@ fn producer_thread(
     );
     let (start, measure_start, end) = clock.arrive();
     let producer = producer.map_err(|e| format!("producer connect to {}: {e}", plan.broker))?;
+    wait_until(start);
     let template = payload_template(plan.message_size);
     // e2e: values are built in one reusable buffer (split off and frozen;
     // the producer copies them into its batch, so the space is reclaimed).
@@ -544,6 +554,7 @@ fn producer_thread(
         let record = ProducerRecord {
             topic: plan.topic.clone(),
             value: Some(value),
+            timestamp_ms: Some(wall_ms_at(t)),
             ..ProducerRecord::default()
         };
         producer.send_with_callback(record, move |result| {
@@ -655,7 +666,7 @@ impl Outcome {
             "compression": args.compression.to_string(),
             "acks": args.acks.to_string(),
             "messages": args.messages,
-            "duration_s": duration_of(args),
+            "duration_s": if mode == Mode::Consume { args.duration_s } else { duration_of(args) },
             "rate": args.rate,
             "warmup_s": args.warmup_s,
             "max_in_flight": args.max_in_flight,
@@ -835,6 +846,32 @@ fn preload(args: &LoadArgs, messages: u64) -> BenchResult<()> {
     Ok(())
 }
 
+/// Per partition the earliest and the latest offset, and how many records
+/// lie between them in all.
+fn log_span(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> BenchResult<(Vec<i64>, Vec<i64>, u64)> {
+    let offsets = |ts: i64| -> BenchResult<Vec<i64>> {
+        let queries: Vec<(u32, i64)> = (0..partitions).map(|p| (p, ts)).collect();
+        Ok(client
+            .list_offsets(topic, &queries)
+            .map_err(|e| format!("list offsets of {topic}: {e}"))?
+            .into_iter()
+            .map(|r| r.offset)
+            .collect())
+    };
+    let earliest = offsets(LIST_OFFSETS_EARLIEST)?;
+    let latest = offsets(LIST_OFFSETS_LATEST)?;
+    let available = earliest
+        .iter()
+        .zip(&latest)
+        .map(|(e, l)| (l - e).max(0) as u64)
+        .sum();
+    Ok((earliest, latest, available))
+}
+
 /// The partitions of consumer `k` of `n`.
 fn partitions_of(k: usize, n: usize, partitions: u32) -> Vec<u32> {
     (0..partitions).filter(|p| *p as usize % n == k).collect()
@@ -874,8 +911,9 @@ fn consumer_thread(
         consumer.assign(&plan.topic, Some(plan.partitions.clone()), plan.from)?;
         Ok::<_, ClientError>(consumer)
     })();
-    let (_, measure_start, end) = clock.arrive();
+    let (start, measure_start, end) = clock.arrive();
     let mut consumer = setup.map_err(|e| format!("consumer set-up: {e}"))?;
+    wait_until(start);
     if plan.partitions.is_empty() {
         return Ok(());
     }
@@ -889,10 +927,9 @@ fn consumer_thread(
         if now >= end && !plan.stamped {
             break;
         }
-        if stop.ends.is_some() || stop.producers_done.load(Ordering::Relaxed) {
-            if consumed >= total {
-                break;
-            }
+        if (stop.ends.is_some() || stop.producers_done.load(Ordering::Relaxed)) && consumed >= total
+        {
+            break;
         }
         if let Some(ends) = &stop.ends {
             let done = plan.partitions.iter().all(|&p| {
@@ -920,6 +957,20 @@ fn consumer_thread(
             continue;
         }
         idle_since = None;
+        // `consume`: count no more than the target over all consumers (a
+        // fetch may overshoot it).
+        let take = if stop.ends.is_some() {
+            let before = stop
+                .consumed
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let total = stop.total.load(Ordering::Relaxed);
+            (total.saturating_sub(before) as usize).min(records.len())
+        } else {
+            stop.consumed
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            records.len()
+        };
+        let records = &records[..take];
         let mut bytes = 0u64;
         let mut measured = 0u64;
         let mut measured_bytes = 0u64;
@@ -927,7 +978,7 @@ fn consumer_thread(
             let mut hist = plan
                 .stamped
                 .then(|| stats.hist.lock().unwrap_or_else(|e| e.into_inner()));
-            for r in &records {
+            for r in records {
                 let size = r.value.as_ref().map_or(0, |v| v.len()) as u64
                     + r.key.as_ref().map_or(0, |k| k.len()) as u64;
                 bytes += size;
@@ -962,7 +1013,6 @@ fn consumer_thread(
                 .last_measured_ns
                 .fetch_max(received, Ordering::Relaxed);
         }
-        stop.consumed.fetch_add(n, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -1019,23 +1069,7 @@ fn run_consume(client: &Client, args: &LoadArgs, partitions: u32) -> BenchResult
             args.consumers - partitions as usize
         );
     }
-    let all: Vec<u32> = (0..partitions).collect();
-    let offsets = |ts: i64| -> BenchResult<Vec<i64>> {
-        let queries: Vec<(u32, i64)> = all.iter().map(|&p| (p, ts)).collect();
-        Ok(client
-            .list_offsets(&args.topic, &queries)
-            .map_err(|e| format!("list offsets of {}: {e}", args.topic))?
-            .into_iter()
-            .map(|r| r.offset)
-            .collect())
-    };
-    let earliest = offsets(LIST_OFFSETS_EARLIEST)?;
-    let latest = offsets(LIST_OFFSETS_LATEST)?;
-    let available: u64 = earliest
-        .iter()
-        .zip(&latest)
-        .map(|(e, l)| (l - e).max(0) as u64)
-        .sum();
+    let (_, latest, available) = log_span(client, &args.topic, partitions)?;
     let target = args.messages.unwrap_or(available).min(available);
     if args.messages.is_some_and(|m| m > available) {
         eprintln!(

@@ -13,10 +13,27 @@ use serde_json::{json, Value};
 
 /// The shared time base of every thread in the process: send stamps carried
 /// in e2e payloads and intended send times are nanoseconds since it.
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+static EPOCH: OnceLock<(Instant, i64)> = OnceLock::new();
+
+/// The epoch, and the wall clock (ms since UNIX time) at that instant.
+fn epoch_pair() -> (Instant, i64) {
+    *EPOCH.get_or_init(|| {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        (Instant::now(), wall_ms)
+    })
+}
 
 pub fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
+    epoch_pair().0
+}
+
+/// Wall-clock milliseconds (UNIX time) at `ns` since the epoch, without
+/// another clock read (record timestamps; cheaper than the client's own
+/// per-record `SystemTime::now`).
+pub fn wall_ms_at(ns: u64) -> i64 {
+    epoch_pair().1 + i64::try_from(ns / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Nanoseconds since [`epoch`] (monotonic, comparable across threads).
