@@ -576,7 +576,8 @@ impl Shared {
 
     /// Takes `size_bytes` of the buffer budget, blocking while it is spent.
     fn reserve(&self, size_bytes: usize) -> Result<MutexGuard<'_, Accumulator>> {
-        let deadline = Instant::now() + Duration::from_millis(self.config.max_block_ms);
+        // Read the clock only when we have to wait: this runs per record.
+        let mut deadline: Option<Instant> = None;
         let mut acc = self.lock();
         loop {
             if acc.closed {
@@ -590,6 +591,7 @@ impl Shared {
                 return Ok(acc);
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + Duration::from_millis(self.config.max_block_ms));
             if now >= deadline {
                 return Err(ClientError::Timeout {
                     what: format!(
@@ -645,7 +647,8 @@ fn open_batch<'q>(
         unfinished.insert(id);
         queue.open = Some(Batch {
             id,
-            builder: BatchBuilder::new(config.compression, timestamp_ms),
+            // Sized up front: a batch that regrows re-copies its records.
+            builder: BatchBuilder::with_capacity(config.compression, timestamp_ms, config.batch_bytes),
             created: Instant::now(),
             record_count: 0,
             reserved_bytes: 0,

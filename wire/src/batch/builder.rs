@@ -40,8 +40,12 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    /// The encoded, uncompressed records section.
+    /// `HEADER_SIZE` placeholder bytes, then the encoded, uncompressed
+    /// records section. An uncompressed `build` fills the header in place
+    /// and hands this buffer over as the batch: no copy of the records.
     records: Vec<u8>,
+    /// Capacity of the records section a fresh buffer starts with.
+    capacity_bytes: usize,
     /// Scratch for the compressed records section.
     compressed: Vec<u8>,
     /// The batch being assembled; `build` splits it off.
@@ -52,6 +56,13 @@ impl BatchBuilder {
     /// An empty builder. `base_timestamp_ms` becomes the batch's first
     /// timestamp; record timestamps are stored as deltas from it.
     pub fn new(compression: Compression, base_timestamp_ms: i64) -> BatchBuilder {
+        BatchBuilder::with_capacity(compression, base_timestamp_ms, 0)
+    }
+
+    /// Like [`Self::new`], with room for `capacity_bytes` of records up
+    /// front, so a producer filling batches of a known size never regrows
+    /// (and re-copies) the buffer.
+    pub fn with_capacity(compression: Compression, base_timestamp_ms: i64, capacity_bytes: usize) -> BatchBuilder {
         BatchBuilder {
             compression,
             base_timestamp_ms,
@@ -60,7 +71,8 @@ impl BatchBuilder {
             producer_id: NO_PRODUCER_ID,
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
-            records: Vec::new(),
+            records: fresh_records(capacity_bytes),
+            capacity_bytes,
             compressed: Vec::new(),
             out: BytesMut::new(),
         }
@@ -100,7 +112,12 @@ impl BatchBuilder {
         self.max_timestamp_ms = i64::MIN;
         self.record_count = 0;
         self.set_producer(NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE);
-        self.records.clear();
+        self.records.truncate(HEADER_SIZE);
+    }
+
+    /// Bytes of the records section appended so far.
+    fn records_len(&self) -> usize {
+        self.records.len() - HEADER_SIZE
     }
 
     /// Number of records appended.
@@ -115,7 +132,7 @@ impl BatchBuilder {
     /// Size of the batch if built uncompressed, in bytes. With a codec the
     /// built batch is usually smaller; use this to cap batches by size.
     pub fn size_bytes(&self) -> usize {
-        HEADER_SIZE + self.records.len()
+        self.records.len()
     }
 
     /// Appends a record. Nothing is appended when it fails.
@@ -142,15 +159,14 @@ impl BatchBuilder {
         let body_size = record_body_size(timestamp_delta, offset_delta, key, value, headers)?;
         let body_size_i32 = i32::try_from(body_size).expect("record_body_size caps at i32::MAX");
         let records_size = self
-            .records
-            .len()
+            .records_len()
             .checked_add(varint_size(body_size_i32) + body_size)
             .filter(|&size| size <= MAX_RECORDS_SIZE_BYTES)
             .ok_or(BatchError::TooLarge {
                 what: "batch",
                 size_bytes: self.size_bytes().saturating_add(body_size),
             })?;
-        self.records.reserve(records_size - self.records.len());
+        self.records.reserve(records_size - self.records_len());
         self.encode_record(
             body_size_i32,
             timestamp_delta,
@@ -160,7 +176,7 @@ impl BatchBuilder {
             headers,
         );
         assert_eq!(
-            self.records.len(),
+            self.records_len(),
             records_size,
             "record size computed wrong"
         );
@@ -193,36 +209,57 @@ impl BatchBuilder {
     }
 
     /// Encodes the batch: header (base offset 0, leader epoch -1, create-time
-    /// timestamps), compressed records, CRC32C. The builder keeps its
-    /// records; call [`Self::reset`] before the next batch.
+    /// timestamps), compressed records, CRC32C. Uncompressed, the records
+    /// buffer itself becomes the batch (no copy) and the builder is left
+    /// empty; compressed, the builder keeps its records. Either way, call
+    /// [`Self::reset`] before the next batch.
     ///
     /// Panics if no record was appended: a v2 batch holds at least one.
     pub fn build(&mut self) -> Result<Bytes, BatchError> {
         assert!(!self.is_empty(), "a v2 batch needs at least one record");
         assert!(self.out.is_empty(), "the previous batch was split off");
-        let records: &[u8] = match self.compression {
-            Compression::None => &self.records,
-            codec => {
-                self.compressed.clear();
-                compress(codec, &self.records, &mut self.compressed)?;
-                &self.compressed
-            }
-        };
-        if records.len() > MAX_RECORDS_SIZE_BYTES {
+        if self.compression == Compression::None {
+            // The records already sit behind a header-sized gap: fill the
+            // header in place and hand the whole buffer over.
+            let records_len = self.records_len();
+            let header = self.header_bytes(records_len)?;
+            self.records[..HEADER_SIZE].copy_from_slice(&header);
+            store_crc(&mut self.records);
+            let batch = std::mem::replace(&mut self.records, fresh_records(self.capacity_bytes));
+            // The records left with the batch; keep the builder consistent.
+            self.record_count = 0;
+            self.max_timestamp_ms = i64::MIN;
+            return Ok(Bytes::from(batch));
+        }
+        self.compressed.clear();
+        compress(self.compression, &self.records[HEADER_SIZE..], &mut self.compressed)?;
+        let header = self.header_bytes(self.compressed.len())?;
+        let out = &mut self.out;
+        out.reserve(HEADER_SIZE + self.compressed.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.compressed);
+        store_crc(out);
+        Ok(out.split().freeze())
+    }
+
+    /// The 61-byte header for a records section of `records_len` bytes (CRC
+    /// left zero: computed over the finished batch).
+    fn header_bytes(&self, records_len: usize) -> Result<[u8; HEADER_SIZE], BatchError> {
+        if records_len > MAX_RECORDS_SIZE_BYTES {
             return Err(BatchError::TooLarge {
                 what: "compressed batch",
-                size_bytes: HEADER_SIZE + records.len(),
+                size_bytes: HEADER_SIZE + records_len,
             });
         }
-        let batch_length = i32::try_from(HEADER_SIZE - LOG_OVERHEAD + records.len())
-            .expect("records size checked above");
-        let out = &mut self.out;
-        out.reserve(HEADER_SIZE + records.len());
+        let batch_length =
+            i32::try_from(HEADER_SIZE - LOG_OVERHEAD + records_len).expect("records size checked above");
+        let mut header = [0u8; HEADER_SIZE];
+        let mut out = &mut header[..];
         out.put_i64(0); // base offset: the broker assigns it
         out.put_i32(batch_length);
         out.put_i32(NO_PARTITION_LEADER_EPOCH);
         out.put_i8(MAGIC_V2);
-        out.put_u32(0); // CRC, stored below
+        out.put_u32(0); // CRC, stored over the finished batch
         out.put_i16(i16::from(self.compression.id())); // create time, not transactional
         out.put_i32(self.record_count - 1); // last offset delta
         out.put_i64(self.base_timestamp_ms);
@@ -231,11 +268,16 @@ impl BatchBuilder {
         out.put_i16(self.producer_epoch);
         out.put_i32(self.base_sequence);
         out.put_i32(self.record_count);
-        assert_eq!(out.len(), HEADER_SIZE);
-        out.extend_from_slice(records);
-        store_crc(out);
-        Ok(out.split().freeze())
+        assert!(out.is_empty(), "header is exactly HEADER_SIZE bytes");
+        Ok(header)
     }
+}
+
+/// A records buffer holding only the header placeholder.
+fn fresh_records(capacity_bytes: usize) -> Vec<u8> {
+    let mut records = Vec::with_capacity(HEADER_SIZE + capacity_bytes);
+    records.resize(HEADER_SIZE, 0);
+    records
 }
 
 /// Upper bound of the bytes one record adds to a batch (before compression),
@@ -396,6 +438,7 @@ mod tests {
                 .append(9_000, Some(b"k3"), Some(b"v3"), &[])
                 .unwrap();
             assert_eq!(builder.len(), 3);
+            let size_bytes = builder.size_bytes();
             let batch = builder.build().unwrap();
             let header = validate_batch(&batch).unwrap();
             assert_eq!(header.compression_id(), codec.id());
@@ -407,7 +450,7 @@ mod tests {
             assert_eq!(header.base_sequence, 100);
             if codec == Compression::None {
                 assert_eq!(validate_records(&batch), Ok(()));
-                assert_eq!(batch.len(), builder.size_bytes());
+                assert_eq!(batch.len(), size_bytes);
             } else {
                 assert_eq!(
                     validate_records(&batch),
@@ -474,8 +517,10 @@ mod tests {
             let added = builder.size_bytes() - before;
             assert!(added <= record_size_upper_bound_bytes(Some(b"key"), Some(&value), &headers));
         }
+        let size_bytes = builder.size_bytes();
         let batch = builder.build().unwrap();
-        assert_eq!(batch.len(), builder.size_bytes());
+        assert_eq!(batch.len(), size_bytes);
+        assert!(builder.is_empty(), "an uncompressed build hands the records over");
         assert_eq!(BatchHeader::parse(&batch).unwrap().record_count, 100);
     }
 
