@@ -168,7 +168,7 @@ fn topic_create_list_describe_delete() {
 
 #[test]
 fn produce_and_consume_round_trip() {
-    let broker = Broker::start(2);
+    let mut broker = Broker::start(2);
     create(&broker, "events", 4);
     let n = 1_000;
     let input: String = (0..n).map(|i| format!("k{}:v{i}\n", i % 10)).collect();
@@ -297,6 +297,27 @@ fn produce_and_consume_round_trip() {
         );
         assert_eq!(consumed, input, "--acks {acks}");
     }
+    // `produce` exits 0 only once every message is acknowledged: at the
+    // default (fsync) durability they survive a SIGKILL right after it.
+    create(&broker, "durable", 2);
+    let input: String = (0..500).map(|i| format!("k{i}:d{i}\n")).collect();
+    ok(
+        &broker,
+        &["produce", "durable", "--key-separator", ":"],
+        Some(input.as_bytes()),
+    );
+    broker.kill9();
+    broker.restart();
+    let out = ok(
+        &broker,
+        &["consume", "durable", "--from", "earliest", "--count", "500"],
+        None,
+    );
+    let mut got: Vec<&str> = lines(&out);
+    got.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..500).map(|i| format!("d{i}")).collect();
+    assert_eq!(got, want);
+
     let err = fails(
         &broker,
         &["produce", "events", "--acks", "most"],

@@ -591,7 +591,8 @@ impl Shared {
                 return Ok(acc);
             }
             let now = Instant::now();
-            let deadline = *deadline.get_or_insert(now + Duration::from_millis(self.config.max_block_ms));
+            let deadline =
+                *deadline.get_or_insert(now + Duration::from_millis(self.config.max_block_ms));
             if now >= deadline {
                 return Err(ClientError::Timeout {
                     what: format!(
@@ -648,7 +649,11 @@ fn open_batch<'q>(
         queue.open = Some(Batch {
             id,
             // Sized up front: a batch that regrows re-copies its records.
-            builder: BatchBuilder::with_capacity(config.compression, timestamp_ms, config.batch_bytes),
+            builder: BatchBuilder::with_capacity(
+                config.compression,
+                timestamp_ms,
+                config.batch_bytes,
+            ),
             created: Instant::now(),
             record_count: 0,
             reserved_bytes: 0,

@@ -157,6 +157,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         handles.push(handle);
     }
     spawn_signal_thread(shutdown.clone())?;
+    install_panic_shutdown(shutdown.clone());
     let mut failure = None;
     for (shard, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -176,6 +177,29 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         None => {
             tracing::info!("ringmq stopped cleanly");
             Ok(())
+        }
+    }
+}
+
+/// Binds, retrying "address in use" for a few seconds: a broker restarted
+/// right after it exited can find its old listening sockets still held for
+/// a few milliseconds while the kernel tears down the old io_uring.
+fn bind_with_retry(socket: &Socket, addr: SocketAddr) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match socket.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot bind {addr}: {e} (is another broker running there?)"
+                ))
+            }
         }
     }
 }
@@ -222,9 +246,7 @@ fn bind(addr: SocketAddr, shared: bool) -> Result<(Socket, SocketAddr), String> 
             .set_reuse_port(true)
             .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
     }
-    socket
-        .bind(&addr.into())
-        .map_err(|e| format!("cannot bind {addr}: {e} (is another broker running there?)"))?;
+    bind_with_retry(&socket, addr)?;
     socket
         .listen(1024)
         .map_err(|e| format!("listen on {addr}: {e}"))?;
@@ -254,6 +276,17 @@ fn allowed_cpus() -> Vec<usize> {
         .map(|n| n.get())
         .unwrap_or(1))
         .collect()
+}
+
+/// A panic in any shard stops every shard: otherwise `run` would wait on
+/// the healthy ones forever (it joins them in order) while the broker half
+/// works. The panic is still reported, and the process exits non-zero.
+fn install_panic_shutdown(shutdown: Shutdown) {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        shutdown.trigger();
+    }));
 }
 
 fn spawn_signal_thread(shutdown: Shutdown) -> Result<(), String> {

@@ -69,6 +69,30 @@ pub fn free_port() -> u16 {
     panic!("no free port in {low}..{ephemeral_low}");
 }
 
+/// Waits (up to 10 s) until no socket listens on `port` any more. A broker
+/// that has exited (even cleanly, and even once reaped) can keep its
+/// listening sockets for a few milliseconds: glommio's pending io_uring
+/// accepts hold them until the kernel tears the ring down asynchronously.
+/// A restart inside that window fails with "Address already in use".
+/// The probe sets SO_REUSEADDR (so TIME_WAIT leftovers do not count) but
+/// not SO_REUSEPORT (so a listener does).
+pub fn wait_port_released(port: u16) {
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        if socket.bind(&addr.into()).is_ok() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("port {port} is still in use 10 s after the broker stopped");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub struct Broker {
     pub data_dir: PathBuf,
     pub port: u16,
@@ -196,6 +220,8 @@ impl Broker {
     /// Starts the broker again on the same data directory and ports.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
+        wait_port_released(self.port);
+        wait_port_released(self.http_port);
         self.spawn();
     }
 

@@ -95,7 +95,15 @@ impl GlommioStorage {
         if !self.probed_devices.borrow_mut().insert(dev) {
             return;
         }
-        let probe = dir.join(format!(".ringmq-dma-probe-{}", std::process::id()));
+        // Unique per process, thread (shard) and call: shards probe the same
+        // directory at the same time at start-up, and glommio panics (statfs
+        // unwrap in DmaFile::open) if the path vanishes under its open.
+        static PROBE_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sequence = PROBE_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = dir.join(format!(
+            ".ringmq-dma-probe-{}-{sequence}",
+            std::process::id()
+        ));
         let probe_w = probe.clone();
         if blocking(move || std::fs::write(probe_w, vec![0u8; BLOCK_SIZE]))
             .await

@@ -62,7 +62,11 @@ impl BatchBuilder {
     /// Like [`Self::new`], with room for `capacity_bytes` of records up
     /// front, so a producer filling batches of a known size never regrows
     /// (and re-copies) the buffer.
-    pub fn with_capacity(compression: Compression, base_timestamp_ms: i64, capacity_bytes: usize) -> BatchBuilder {
+    pub fn with_capacity(
+        compression: Compression,
+        base_timestamp_ms: i64,
+        capacity_bytes: usize,
+    ) -> BatchBuilder {
         BatchBuilder {
             compression,
             base_timestamp_ms,
@@ -232,7 +236,11 @@ impl BatchBuilder {
             return Ok(Bytes::from(batch));
         }
         self.compressed.clear();
-        compress(self.compression, &self.records[HEADER_SIZE..], &mut self.compressed)?;
+        compress(
+            self.compression,
+            &self.records[HEADER_SIZE..],
+            &mut self.compressed,
+        )?;
         let header = self.header_bytes(self.compressed.len())?;
         let out = &mut self.out;
         out.reserve(HEADER_SIZE + self.compressed.len());
@@ -251,8 +259,8 @@ impl BatchBuilder {
                 size_bytes: HEADER_SIZE + records_len,
             });
         }
-        let batch_length =
-            i32::try_from(HEADER_SIZE - LOG_OVERHEAD + records_len).expect("records size checked above");
+        let batch_length = i32::try_from(HEADER_SIZE - LOG_OVERHEAD + records_len)
+            .expect("records size checked above");
         let mut header = [0u8; HEADER_SIZE];
         let mut out = &mut header[..];
         out.put_i64(0); // base offset: the broker assigns it
@@ -520,7 +528,10 @@ mod tests {
         let size_bytes = builder.size_bytes();
         let batch = builder.build().unwrap();
         assert_eq!(batch.len(), size_bytes);
-        assert!(builder.is_empty(), "an uncompressed build hands the records over");
+        assert!(
+            builder.is_empty(),
+            "an uncompressed build hands the records over"
+        );
         assert_eq!(BatchHeader::parse(&batch).unwrap().record_count, 100);
     }
 
