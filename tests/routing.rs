@@ -507,3 +507,107 @@ fn partition_placement_survives_restarts() {
     let mut conn = RawConn::connect(&broker.addr());
     assert_eq!(snapshot(&mut conn), first, "after SIGKILL");
 }
+
+/// ListOffsets by timestamp answers the first *record* at or after the time,
+/// not the start of the batch that holds it.
+#[test]
+fn list_offsets_by_timestamp_is_exact_to_the_record() {
+    use ringmq_wire::batch::{BatchBuilder, Compression};
+    use ringmq_wire::envelope::*;
+    let broker = common::Broker::start(1);
+    let mut conn = common::RawConn::connect(&broker.addr());
+    let (r, _) = conn.call(
+        1,
+        RequestBody::CreateTopics(CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: "ts".into(),
+                partitions: 1,
+                configs: vec![],
+            }],
+            timeout_ms: 10_000,
+        }),
+        &[],
+    );
+    assert!(matches!(r.body, ResponseBody::CreateTopics(ref t) if t.results[0].error.is_none()));
+    for (correlation_id, codec) in [(2u64, Compression::None), (3, Compression::Lz4)] {
+        let mut builder = BatchBuilder::new(codec, 1_000);
+        for (i, ts) in [1_000i64, 2_000, 3_000, 4_000].iter().enumerate() {
+            builder
+                .append(
+                    *ts + correlation_id as i64 * 10_000,
+                    None,
+                    Some(format!("v{i}").as_bytes()),
+                    &[],
+                )
+                .unwrap();
+        }
+        let batch = builder.build().unwrap();
+        let body = RequestBody::Produce(ProduceRequest {
+            acks: Acks::Fsync,
+            timeout_ms: 10_000,
+            topics: vec![ProduceTopic {
+                name: "ts".into(),
+                partitions: vec![ProducePartition {
+                    partition: 0,
+                    payload: PayloadRange {
+                        offset: 0,
+                        length: batch.len() as u32,
+                    },
+                }],
+            }],
+        });
+        let (r, _) = conn.call(correlation_id, body, &batch);
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+    // Batch 1 holds offsets 0..4 at 21000..24000, batch 2 offsets 4..8 at 31000..34000.
+    for (timestamp, expected) in [
+        (0i64, 0i64),
+        (21_500, 1),
+        (23_000, 2),
+        (24_001, 4),
+        (32_500, 6),
+        (34_000, 7),
+        (40_000, 8),
+    ] {
+        let (r, _) = conn.call(
+            9,
+            RequestBody::ListOffsets(ListOffsetsRequest {
+                topics: vec![ListOffsetsTopic {
+                    name: "ts".into(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition: 0,
+                        timestamp,
+                    }],
+                }],
+            }),
+            &[],
+        );
+        let ResponseBody::ListOffsets(l) = r.body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            l.topics[0].partitions[0].offset, expected,
+            "timestamp {timestamp}"
+        );
+    }
+}
+
+/// Two brokers never share a data directory.
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let broker = common::Broker::start(1);
+    let output = std::process::Command::new(common::bin_path("ringmq"))
+        .args(["serve", "--data-dir"])
+        .arg(&broker.data_dir)
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--shard-port-base", "0", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another ringmq process"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
-//! A quick produce throughput check (the full load tester is `ringmq-bench`,
-//! a later issue): `cargo run --release -p ringmq-client --example
-//! quick_produce -- BROKER TOPIC MESSAGES MESSAGE_BYTES ACKS`.
+//! A quick produce throughput check with the plain client API (the full
+//! load tester, with fixed-rate mode and percentiles, is `ringmq-bench`):
+//! `cargo run --release -p ringmq-client --example quick_produce --
+//! BROKER TOPIC MESSAGES MESSAGE_BYTES ACKS`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -630,8 +630,9 @@ impl PartitionLog {
         Ok(data)
     }
 
-    /// The first batch whose max timestamp is `>= timestamp_ms`, below the
-    /// high watermark: `(base offset, max timestamp)` of that batch.
+    /// The first record whose timestamp is `>= timestamp_ms`, below the high
+    /// watermark: `(offset, timestamp)` of that record (Kafka's ListOffsets).
+    /// The time index finds the batch; one batch is then iterated.
     pub async fn offset_for_timestamp(
         &self,
         timestamp_ms: i64,
