@@ -10,7 +10,7 @@ FLATC := $(FLATC_DIR)/bin/flatc
 SCHEMA := wire/schema/ringmq.fbs
 GEN_DIR := wire/src/generated
 
-.PHONY: run build test lint gen check-gen flatc clean fmt
+.PHONY: run build test lint gen check-gen flatc clean fmt bench
 
 ## Start a broker with embedded defaults: data in ./data, native port 7070,
 ## HTTP 7071, one shard per core.
@@ -24,6 +24,10 @@ build:
 test: check-gen
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
+
+## The standard workloads W1-W5 with same-run hardware baselines (BENCHMARKS.md).
+bench: build
+	bash bench/workloads.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
