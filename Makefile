@@ -53,5 +53,32 @@ check-gen: flatc
 	  echo "wire/src/generated is stale: run 'make gen' and commit the result"; rm -rf $$tmp; exit 1; \
 	fi; rm -rf $$tmp; echo "generated code is up to date"
 
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := frame_decoder envelope batch index
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_ARGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+
+# fuzz/ is a directory: without .PHONY make calls the target up to date.
+.PHONY: fuzz
+
+## Fuzz every decoder for FUZZ_SECONDS each, after proving on the canary
+## target that a planted crash is found (fuzz/README.md).
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(FUZZ) build
+	@mkdir -p fuzz/work/canary
+	@if $(FUZZ) run canary fuzz/work/canary -- -max_total_time=300 >fuzz/work/canary.log 2>&1; then \
+	  echo "fuzz: the canary did not crash: the fuzzer finds nothing (fuzz/work/canary.log)"; exit 1; \
+	fi; \
+	grep -q "canary: the fuzzer found the planted crash" fuzz/work/canary.log || \
+	  { echo "fuzz: the canary failed for another reason:"; tail -30 fuzz/work/canary.log; exit 1; }; \
+	echo "fuzz: canary: planted crash found, as it must be"
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t; \
+	  $(FUZZ) run $$t fuzz/work/$$t fuzz/corpus/$$t -- $(FUZZ_ARGS) >fuzz/work/$$t.log 2>&1 || \
+	    { echo "fuzz: $$t FAILED (fuzz/work/$$t.log, input in fuzz/artifacts/$$t/):"; tail -40 fuzz/work/$$t.log; exit 1; }; \
+	  echo "fuzz: $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second' fuzz/work/$$t.log), no crash"; \
+	done
+
 clean:
 	$(CARGO) clean

@@ -8,6 +8,7 @@ pub mod log_verify;
 pub mod produce;
 pub mod signals;
 pub mod topic;
+pub mod torture;
 
 /// Exit code of a command that failed at run time.
 pub const EXIT_RUNTIME_ERROR: i32 = 1;

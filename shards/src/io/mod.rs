@@ -1,5 +1,5 @@
 //! The I/O seam: every file and directory operation the log needs, behind a
-//! small object-safe trait, so that tests (and a later `FaultyStorage`) can
+//! small object-safe trait, so that tests ([`FaultyStorage`]) can
 //! inject torn writes, bit flips, EIO and ENOSPC underneath the storage code.
 //!
 //! * [`Storage`]: filesystem operations (open, directories, rename, remove).
@@ -8,13 +8,18 @@
 //! * [`GlommioStorage`]: the production implementation on glommio `DmaFile`
 //!   (O_DIRECT through io_uring), falling back to `BufferedFile` where the
 //!   filesystem refuses O_DIRECT.
+//! * [`FaultyStorage`] (tests): wraps any storage and injects power loss
+//!   (un-fdatasync'd writes dropped or torn), EIO, ENOSPC, misdirected writes
+//!   and latent damage, driven by a seed.
 //!
 //! All futures are boxed local futures ([`IoFuture`]): shard code is
 //! single-threaded, and boxing keeps the trait object-safe, so a wrapper is
 //! just another `impl Storage` holding an `Rc<dyn Storage>`.
 
+pub mod faulty;
 mod glommio_storage;
 
+pub use faulty::{FaultHandle, FaultyStorage};
 pub use glommio_storage::GlommioStorage;
 
 use bytes::Bytes;

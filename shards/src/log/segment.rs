@@ -162,6 +162,21 @@ impl Segment {
         self.index.lookup(rel).map_or(0, |e| e.position as u64)
     }
 
+    /// Where to start reading for `offset`: the position of a batch at or
+    /// before it (from the sparse index) and that batch's base offset.
+    pub fn lookup_start(&self, offset: i64) -> (u64, i64) {
+        if offset <= self.base_offset {
+            return (0, self.base_offset);
+        }
+        let rel = (offset - self.base_offset).min(u32::MAX as i64) as u32;
+        self.index.lookup(rel).map_or((0, self.base_offset), |e| {
+            (
+                e.position as u64,
+                self.base_offset + e.relative_offset as i64,
+            )
+        })
+    }
+
     /// Rolls the in-memory indexes back to `written_size` / `next_offset`.
     pub fn rollback_to_written(&mut self, next_offset: i64) {
         self.size = self.written_size;
@@ -169,6 +184,20 @@ impl Segment {
         self.index.truncate_to_position(self.written_size);
         let rel = self.relative(next_offset);
         self.timeindex.truncate_to_offset(rel);
+        // The batch holding the largest timestamp may be among those rolled
+        // back: the time index written at seal or close would then point
+        // past the end of the segment, and the next start would distrust
+        // and rebuild it. The true maximum is unknown without a scan; keep
+        // the estimate (an over-estimate only delays retention by time) and
+        // point it at the last batch that stays.
+        if self.max_timestamp_offset >= next_offset {
+            if self.written_size == 0 {
+                self.max_timestamp = -1;
+                self.max_timestamp_offset = self.base_offset;
+            } else {
+                self.max_timestamp_offset = next_offset - 1;
+            }
+        }
         self.bytes_since_index =
             self.written_size - self.index.last().map_or(0, |e| e.position as u64);
     }
