@@ -611,3 +611,29 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
         "{stderr}"
     );
 }
+
+/// Two queries for the same partition in one ListOffsets call (earliest and
+/// latest) each get their own answer, in query order.
+#[test]
+fn list_offsets_answers_repeated_partitions_in_order() {
+    let broker = common::Broker::start(1);
+    let out = broker.ringctl(&["topic", "create", "lo", "--partitions", "1"], None);
+    assert!(out.status.success());
+    let out = broker.ringctl(&["produce", "lo"], Some(b"a\nb\nc\n"));
+    assert!(out.status.success());
+    let client =
+        ringmq_client::Client::connect(ringmq_client::ClientConfig::new(broker.addr())).unwrap();
+    let answers = client
+        .list_offsets(
+            "lo",
+            &[
+                (0, ringmq_wire::envelope::LIST_OFFSETS_EARLIEST),
+                (0, ringmq_wire::envelope::LIST_OFFSETS_LATEST),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        answers.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![0, 3]
+    );
+}

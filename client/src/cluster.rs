@@ -367,7 +367,11 @@ impl Cluster {
                 });
                 futures.push(self.shard_connection(shard)?.request(body, Vec::new())?);
             }
-            let mut results: HashMap<u32, ListOffsetsPartitionResult> = HashMap::new();
+            // Several queries may name the same partition (say earliest and
+            // latest): the owner answers them in request order, so keep a
+            // queue per partition and hand answers out in query order.
+            let mut results: HashMap<u32, std::collections::VecDeque<ListOffsetsPartitionResult>> =
+                HashMap::new();
             for future in futures {
                 let (response, _) = future.wait()?;
                 let ResponseBody::ListOffsets(body) = response.body else {
@@ -385,14 +389,18 @@ impl Cluster {
                             format!("list offsets of {topic}/{}", result.partition),
                         ));
                     }
-                    results.insert(result.partition, result);
+                    results
+                        .entry(result.partition)
+                        .or_default()
+                        .push_back(result);
                 }
             }
             queries
                 .iter()
                 .map(|(partition, _)| {
                     results
-                        .remove(partition)
+                        .get_mut(partition)
+                        .and_then(|answers| answers.pop_front())
                         .ok_or_else(|| ClientError::Protocol {
                             endpoint: self.config.bootstrap.clone(),
                             message: format!("list offsets answer lacks {topic}/{partition}"),
