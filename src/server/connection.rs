@@ -159,12 +159,7 @@ async fn read_loop(
             .unwrap_or(0)
             .max(READ_CHUNK_BYTES.min(limits.max_frame_bytes));
         buf.reserve(wanted);
-        let read =
-            futures_lite::future::or(async { Some(recv_into(&stream, &mut buf).await) }, async {
-                shutdown.wait().await;
-                None
-            })
-            .await;
+        let read = shutdown.or_cancel(recv_into(&stream, &mut buf)).await;
         match read {
             None => return Err(ReadError::Shutdown),
             Some(Ok(0)) => return Ok(()),

@@ -43,11 +43,7 @@ pub struct HttpState {
 
 pub async fn serve(listener: TcpListener, state: Rc<HttpState>, shutdown: Shutdown) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = shutdown.or_cancel(listener.accept()).await;
         match accepted {
             None => return,
             Some(Ok(stream)) => {

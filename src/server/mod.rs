@@ -388,11 +388,7 @@ async fn accept_loop(
     shutdown: Shutdown,
 ) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = shutdown.or_cancel(listener.accept()).await;
         match accepted {
             None => return,
             Some(Ok(stream)) => {

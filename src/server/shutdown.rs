@@ -27,6 +27,16 @@ impl Shutdown {
         self.inner.triggered.load(Ordering::SeqCst)
     }
 
+    /// `fut`'s output, or `None` once shutdown is triggered (accept loops
+    /// and readers stop through this).
+    pub async fn or_cancel<T>(&self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(fut.await) }, async {
+            self.wait().await;
+            None
+        })
+        .await
+    }
+
     pub async fn wait(&self) {
         loop {
             if self.is_triggered() {
