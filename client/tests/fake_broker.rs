@@ -172,7 +172,14 @@ impl Fake {
                         .collect(),
                 })
             }
-            RequestBody::DeleteTopics(_) => unimplemented!(),
+            RequestBody::DeleteTopics(_) => {
+                // The tests never delete; answer like a broker without the API.
+                let error = ringmq_wire::error::ApiError::new(
+                    ringmq_wire::error::ErrorCode::UnknownApi,
+                    "the fake broker does not serve DeleteTopics",
+                );
+                return Some((Response::error(api, id, error), Bytes::new()));
+            }
         };
         Some((Response::ok(api, id, body), Bytes::new()))
     }

@@ -16,8 +16,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-/// Upper bound of iovecs per `sendmsg` (Linux IOV_MAX is 1024).
-const MAX_IOVECS: usize = 512;
+/// Upper bound of iovecs per `sendmsg` (Linux IOV_MAX is 1024); 256
+/// iovecs are 4 KiB of stack.
+const MAX_IOVECS: usize = 256;
 
 fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
@@ -64,21 +65,30 @@ pub async fn recv_into(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usi
     }
 }
 
-/// Non-blocking `sendmsg` of as many chunks as fit; returns bytes sent.
-fn try_sendmsg(fd: RawFd, chunks: &[&[u8]]) -> io::Result<usize> {
-    let iovecs: Vec<libc::iovec> = chunks
-        .iter()
-        .take(MAX_IOVECS)
-        .map(|c| libc::iovec {
-            iov_base: c.as_ptr() as *mut libc::c_void,
-            iov_len: c.len(),
-        })
-        .collect();
+/// Non-blocking `sendmsg` of the unsent bytes of `chunks` (from byte `skip`
+/// of `chunks[index]` on), as many chunks as one call takes; returns bytes
+/// sent. The iovecs live on the stack: no allocation per call.
+fn try_sendmsg(fd: RawFd, chunks: &[Bytes], index: usize, skip: usize) -> io::Result<usize> {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iovecs = [empty; MAX_IOVECS];
+    let first = std::iter::once(&chunks[index][skip..]);
+    let rest = chunks[index + 1..].iter().map(|c| &c[..]);
+    let mut count = 0usize;
+    for (slot, chunk) in iovecs.iter_mut().zip(first.chain(rest)) {
+        *slot = libc::iovec {
+            iov_base: chunk.as_ptr() as *mut libc::c_void,
+            iov_len: chunk.len(),
+        };
+        count += 1;
+    }
     // SAFETY: msghdr is plain data; we fill the iovec fields only.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iovecs.len() as _;
-    // SAFETY: iovecs point into `chunks`, alive for the call.
+    msg.msg_iov = iovecs.as_mut_ptr();
+    msg.msg_iovlen = count as _;
+    // SAFETY: the iovecs point into `chunks`, alive for the call.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -93,15 +103,12 @@ pub async fn send_all(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()
     let mut index = 0usize; // first chunk not fully sent
     let mut skip = 0usize; // bytes of chunks[index] already sent
     while index < chunks.len() {
-        let slices: Vec<&[u8]> = std::iter::once(&chunks[index][skip..])
-            .chain(chunks[index + 1..].iter().map(|c| &c[..]))
-            .collect();
-        let sent = match try_sendmsg(fd, &slices) {
+        let sent = match try_sendmsg(fd, chunks, index, skip) {
             Ok(n) => n,
             Err(e) if would_block(&e) => {
                 // Socket buffer full: let glommio wait for writability (it
                 // sends at least one byte of the current chunk when ready).
-                stream.write(slices[0]).await?
+                stream.write(&chunks[index][skip..]).await?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),

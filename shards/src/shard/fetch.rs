@@ -98,7 +98,7 @@ impl Shard {
         for task in remote_tasks {
             results.extend(task.await);
         }
-        assemble_fetch(order, results, &self)
+        assemble_fetch(order, results)
     }
 
     /// Reads local partitions, long-polling until `min_bytes` are available
@@ -336,7 +336,7 @@ fn ok_result(
 
 /// Puts partition results back in request order and lays their chunks out
 /// back to back in the payload.
-fn assemble_fetch(order: Vec<(String, u32)>, mut results: Vec<FetchPart>, shard: &Shard) -> Reply {
+fn assemble_fetch(order: Vec<(String, u32)>, mut results: Vec<FetchPart>) -> Reply {
     let mut topics: Vec<FetchTopicResult> = Vec::new();
     let mut payload: Vec<Bytes> = Vec::new();
     let mut payload_bytes: usize = 0;
@@ -372,7 +372,6 @@ fn assemble_fetch(order: Vec<(String, u32)>, mut results: Vec<FetchPart>, shard:
     }
     // The frame length is a u32 and the broker caps frames; never exceed it.
     assert!(payload_bytes < u32::MAX as usize);
-    let _ = shard;
     let mut reply = Reply::ok(ApiKey::Fetch, ResponseBody::Fetch(FetchResponse { topics }));
     reply.payload = payload;
     reply
