@@ -102,6 +102,34 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_RETENTION_CHECK_MS", default_value_t = 5_000)]
     pub retention_check_ms: u64,
 
+    /// Partitions of the internal __consumer_offsets topic, fixed when it is
+    /// first created (a group's coordinator is the shard owning
+    /// murmur2(group) % this).
+    #[arg(long, env = "RINGMQ_OFFSETS_PARTITIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub offsets_partitions: u32,
+
+    /// Segment size of __consumer_offsets; a partition is compacted once it
+    /// grows past two segments and twice its live size.
+    #[arg(long, env = "RINGMQ_OFFSETS_SEGMENT_BYTES", default_value_t = 16 << 20)]
+    pub offsets_segment_bytes: u64,
+
+    /// Shortest consumer session timeout a member may ask for.
+    #[arg(
+        long,
+        env = "RINGMQ_GROUP_MIN_SESSION_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub group_min_session_timeout_ms: u32,
+
+    /// Longest consumer session timeout a member may ask for.
+    #[arg(
+        long,
+        env = "RINGMQ_GROUP_MAX_SESSION_TIMEOUT_MS",
+        default_value_t = 300_000
+    )]
+    pub group_max_session_timeout_ms: u32,
+
     /// How long SIGTERM waits for in-flight requests before closing logs.
     #[arg(long, env = "RINGMQ_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,

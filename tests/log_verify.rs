@@ -17,7 +17,8 @@ fn verify(dir: &std::path::Path, json: bool) -> std::process::Output {
 
 #[test]
 fn verify_reports_clean_logs_and_finds_a_flipped_byte() {
-    let mut broker = Broker::start(2);
+    // One __consumer_offsets partition (empty: no groups here) besides audit's two.
+    let mut broker = Broker::start_with(2, &["--offsets-partitions", "1"]);
     let out = broker.ringctl(&["topic", "create", "audit", "--partitions", "2"], None);
     assert!(
         out.status.success(),
@@ -45,7 +46,7 @@ fn verify_reports_clean_logs_and_finds_a_flipped_byte() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("2 partitions, 0 errors"), "{text}");
+    assert!(text.contains("3 partitions, 0 errors"), "{text}");
     let out = verify(&broker.data_dir, true);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let records: u64 = report["partitions"]

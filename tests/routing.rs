@@ -25,25 +25,6 @@ fn metadata(conn: &mut RawConn, topics: Option<Vec<String>>) -> MetadataResponse
     }
 }
 
-fn create_topic(conn: &mut RawConn, name: &str, partitions: u32) {
-    let (r, _) = conn.call(
-        2,
-        RequestBody::CreateTopics(CreateTopicsRequest {
-            topics: vec![NewTopic {
-                name: name.into(),
-                partitions,
-                configs: vec![],
-            }],
-            timeout_ms: 10_000,
-        }),
-        &[],
-    );
-    match r.body {
-        ResponseBody::CreateTopics(t) => assert!(t.results[0].error.is_none(), "{t:?}"),
-        other => panic!("unexpected {other:?} {:?}", r.error),
-    }
-}
-
 /// partition -> owning shard.
 fn placement(meta: &MetadataResponse, topic: &str) -> BTreeMap<u32, u16> {
     let t = meta
@@ -127,6 +108,7 @@ fn fetch_body(topic: &str, partition: u32, offset: i64, max_wait_ms: u32) -> Req
                 partition_max_bytes: 8 << 20,
             }],
         }],
+        fence: None,
     })
 }
 
@@ -177,7 +159,7 @@ fn fetch(conn: &mut RawConn, id: u64, topic: &str, partition: u32, offset: i64) 
 fn requests_on_any_shard_are_forwarded_to_the_owner() {
     let broker = Broker::start(2);
     let mut public = RawConn::connect(&broker.addr());
-    create_topic(&mut public, "fwd", 6);
+    public.create_topic("fwd", 6);
     let meta = metadata(&mut public, None);
     let owners = placement(&meta, "fwd");
     let shards = shard_endpoints(&meta);
@@ -348,7 +330,7 @@ fn shard_aware_client_produces_and_fetches_without_forwarding() {
 fn long_poll_does_not_block_the_connection() {
     let broker = Broker::start(2);
     let mut admin = RawConn::connect(&broker.addr());
-    create_topic(&mut admin, "lp", 2);
+    admin.create_topic("lp", 2);
     let meta = metadata(&mut admin, None);
     let owners = placement(&meta, "lp");
     let shards = shard_endpoints(&meta);
@@ -412,7 +394,7 @@ fn long_poll_does_not_block_the_connection() {
 fn pipelined_produces_keep_their_order() {
     let broker = Broker::start(2);
     let mut admin = RawConn::connect(&broker.addr());
-    create_topic(&mut admin, "pipe", 2);
+    admin.create_topic("pipe", 2);
     let meta = metadata(&mut admin, None);
     let owners = placement(&meta, "pipe");
     let shards = shard_endpoints(&meta);
@@ -477,7 +459,7 @@ fn partition_placement_survives_restarts() {
     let mut conn = RawConn::connect(&broker.addr());
     let topics = [("a", 1), ("b", 2), ("c", 5), ("d", 8), ("e", 3)];
     for (name, n) in topics {
-        create_topic(&mut conn, name, n);
+        conn.create_topic(name, n);
     }
     let names: Vec<String> = topics.iter().map(|(n, _)| n.to_string()).collect();
     let snapshot = |conn: &mut RawConn| -> BTreeMap<String, BTreeMap<u32, u16>> {

@@ -1,13 +1,19 @@
-//! Topic administration and broker information. All of it goes to the
-//! bootstrap connection; the broker forwards internally.
+//! Topic and consumer-group administration, broker information. All of it
+//! goes to the bootstrap connection; the broker forwards internally.
 
 use ringmq_wire::envelope::{
-    ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest, NewTopic, RequestBody,
-    ResponseBody, TopicMetadata, TopicResults,
+    ApiVersionsResponse, CommittedOffset, CreateTopicsRequest, DeleteGroupRequest,
+    DeleteTopicsRequest, DescribeGroupRequest, DescribeGroupResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupListing, NewTopic, OffsetCommitRequest, OffsetFetchRequest,
+    RequestBody, ResponseBody, TopicMetadata, TopicResults,
 };
 
 use crate::error::{ClientError, Result};
+use crate::group::offsets::{commit_outcome, commit_topics};
 use crate::{expect_body, Client};
+
+/// The generation an administrative commit names (it has no member).
+const ADMIN_GENERATION: i32 = -1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
@@ -114,6 +120,109 @@ impl Admin {
             ResponseBody::ApiVersions(v) => Some(v),
             _ => None,
         })
+    }
+
+    /// Every consumer group of the broker (all shards), sorted by name.
+    pub fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        let (response, _) = self
+            .client
+            .cluster()
+            .call_any("list_groups", RequestBody::ListGroups)?;
+        let listing = expect_body(&self.client, "list groups", response.body, |b| match b {
+            ResponseBody::ListGroups(r) => Some(r),
+            _ => None,
+        })?;
+        Ok(listing.groups)
+    }
+
+    /// A group's state, members with their assignments, and committed
+    /// offsets (of every instance, for broadcasting groups).
+    pub fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse> {
+        let body = RequestBody::DescribeGroup(DescribeGroupRequest {
+            group: group.to_string(),
+        });
+        let (response, _) = self.client.cluster().call_any("describe_group", body)?;
+        expect_body(&self.client, "describe group", response.body, |b| match b {
+            ResponseBody::DescribeGroup(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// Deletes a group and its committed offsets. The broker refuses
+    /// (`group_not_empty`) while the group has live members.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        let body = RequestBody::DeleteGroup(DeleteGroupRequest {
+            group: group.to_string(),
+        });
+        let (response, _) = self.client.cluster().call_any("delete_group", body)?;
+        expect_body(&self.client, "delete group", response.body, |b| match b {
+            ResponseBody::DeleteGroup => Some(()),
+            _ => None,
+        })
+    }
+
+    /// Sets committed offsets of `group` as an administrator (no member,
+    /// generation -1), e.g. to reset where consumers resume. `offsets` are
+    /// (topic, partition, next offset to read). `instance_id` names whose
+    /// offsets for a broadcasting group ("" for clustering groups). The
+    /// broker refuses (`group_not_empty`) while the group has live members.
+    pub fn commit_offsets_admin(
+        &self,
+        group: &str,
+        instance_id: &str,
+        offsets: &[(String, u32, i64)],
+    ) -> Result<()> {
+        let body = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group: group.to_string(),
+            member_id: String::new(),
+            generation: ADMIN_GENERATION,
+            instance_id: instance_id.to_string(),
+            topics: commit_topics(offsets),
+        });
+        let (response, _) = self.client.cluster().call_any("offset_commit", body)?;
+        let result = expect_body(&self.client, "offset commit", response.body, |b| match b {
+            ResponseBody::OffsetCommit(r) => Some(r),
+            _ => None,
+        })?;
+        commit_outcome(group, &result)
+    }
+
+    /// Committed offsets of `group` (of `instance_id` for a broadcasting
+    /// group, "" for a clustering one), for `topics` (`None`: all).
+    pub fn fetch_offsets(
+        &self,
+        group: &str,
+        instance_id: &str,
+        topics: Option<&[String]>,
+    ) -> Result<Vec<CommittedOffset>> {
+        let body = RequestBody::OffsetFetch(OffsetFetchRequest {
+            group: group.to_string(),
+            instance_id: instance_id.to_string(),
+            topics: topics.map(<[String]>::to_vec),
+        });
+        let (response, _) = self.client.cluster().call_any("offset_fetch", body)?;
+        let fetched = expect_body(&self.client, "offset fetch", response.body, |b| match b {
+            ResponseBody::OffsetFetch(r) => Some(r),
+            _ => None,
+        })?;
+        Ok(fetched.offsets)
+    }
+
+    /// The shard coordinating `group` and its shard-aware endpoint.
+    pub fn find_coordinator(&self, group: &str) -> Result<FindCoordinatorResponse> {
+        let body = RequestBody::FindCoordinator(FindCoordinatorRequest {
+            group: group.to_string(),
+        });
+        let (response, _) = self.client.cluster().call_any("find_coordinator", body)?;
+        expect_body(
+            &self.client,
+            "find coordinator",
+            response.body,
+            |b| match b {
+                ResponseBody::FindCoordinator(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     fn topic_info(&self, topic: &TopicMetadata) -> Result<TopicInfo> {

@@ -301,7 +301,7 @@ impl Cluster {
         }
     }
 
-    fn endpoint_of(&self, shard: &ShardEndpoint) -> String {
+    pub(crate) fn endpoint_of(&self, shard: &ShardEndpoint) -> String {
         let host = match shard.host.as_str() {
             "" | "0.0.0.0" | "::" | "[::]" => self.bootstrap_host.as_str(),
             host => host,

@@ -417,10 +417,17 @@ impl Connection {
     }
 }
 
-/// A long-poll fetch may legitimately stay unanswered for `max_wait_ms`.
+/// How long past the rebalance timeout the broker may hold a JoinGroup
+/// (it answers with `RequestTimedOut` by then at the latest).
+pub const JOIN_GRACE_MS: u64 = 5_000;
+
+/// Long polls may legitimately stay unanswered for a while: a fetch for
+/// `max_wait_ms`, a JoinGroup until the rebalance completes (at most its
+/// rebalance timeout plus the broker's grace).
 fn extra_wait_ms(body: &RequestBody) -> u64 {
     match body {
         RequestBody::Fetch(f) => f.max_wait_ms as u64,
+        RequestBody::JoinGroup(j) => u64::from(j.rebalance_timeout_ms) + JOIN_GRACE_MS,
         _ => 0,
     }
 }
@@ -905,6 +912,24 @@ mod tests {
         b.wait().unwrap();
         c.wait().unwrap();
         server.join().unwrap();
+    }
+
+    #[test]
+    fn long_polls_get_their_wait_on_top_of_the_request_timeout() {
+        let join = RequestBody::JoinGroup(ringmq_wire::envelope::JoinGroupRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            instance_id: String::new(),
+            client_id: String::new(),
+            mode: ringmq_wire::envelope::GroupMode::Clustering,
+            assignor: ringmq_wire::envelope::Assignor::Sticky,
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+        });
+        // The broker may hold a join for the rebalance timeout plus grace.
+        assert_eq!(extra_wait_ms(&join), 30_000 + JOIN_GRACE_MS);
+        assert_eq!(extra_wait_ms(&RequestBody::ApiVersions), 0);
     }
 
     #[test]

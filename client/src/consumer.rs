@@ -1,4 +1,5 @@
-//! The consumer (manual assignment; consumer groups come later).
+//! The consumer with manual assignment; [`crate::GroupConsumer`] drives one
+//! of these for group-managed assignment.
 //!
 //! `poll` keeps one long-poll Fetch in flight per owning shard, covering all
 //! assigned partitions of that shard, sent straight to the shard's endpoint.
@@ -12,6 +13,11 @@
 //! partition whose position changed meanwhile (`seek`, re-`assign`) is
 //! dropped. `OffsetOutOfRange` pauses the partition and is returned from
 //! `poll`; nothing resets silently: `seek` to go on.
+//!
+//! A group consumer sets a fetch fence ([`Consumer::set_fence`]): the
+//! broker then refuses fetches once the member's generation is over. An
+//! answer to a fetch sent under another fence (an older generation) is
+//! dropped, so a stale refusal never reaches the new generation.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,8 +28,8 @@ use crossbeam_channel as channel;
 use ringmq_wire::batch::header::peek_total_size;
 use ringmq_wire::batch::{BatchHeader, RecordHeader, RecordIter};
 use ringmq_wire::envelope::{
-    FetchPartition, FetchPartitionResult, FetchRequest, FetchTopic, RequestBody, ResponseBody,
-    LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST,
+    FetchFence, FetchPartition, FetchPartitionResult, FetchRequest, FetchTopic, RequestBody,
+    ResponseBody, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST,
 };
 use ringmq_wire::error::ErrorCode;
 
@@ -118,6 +124,8 @@ struct FetchInFlight {
     id: u64,
     /// (topic, partition, fetch offset) as requested.
     requested: Vec<(Arc<str>, u32, i64)>,
+    /// The fence the fetch was sent under.
+    fence: Option<FetchFence>,
 }
 
 type Completion = (u16, u64, ReplyResult);
@@ -133,6 +141,8 @@ pub struct Consumer {
     buffered: VecDeque<ConsumerRecord>,
     errors: VecDeque<ClientError>,
     next_fetch_id: u64,
+    /// Sent with every fetch (group consumers only).
+    fence: Option<FetchFence>,
 }
 
 impl Consumer {
@@ -149,7 +159,80 @@ impl Consumer {
             buffered: VecDeque::new(),
             errors: VecDeque::new(),
             next_fetch_id: 1,
+            fence: None,
         }
+    }
+
+    /// Sets the group fence sent with every later fetch (`None`: no fence).
+    /// Answers to fetches already in flight under another fence are
+    /// dropped when they arrive: they belong to a generation that is over.
+    pub fn set_fence(&mut self, fence: Option<FetchFence>) {
+        self.fence = fence;
+    }
+
+    /// Assigns partitions, each at its own start position. Partitions that
+    /// share a topic and a start are resolved with one ListOffsets per
+    /// shard, as [`Consumer::assign`] does.
+    pub fn assign_partitions(&mut self, partitions: Vec<(String, u32, StartFrom)>) -> Result<()> {
+        let mut by_start: Vec<(String, StartFrom, Vec<u32>)> = Vec::new();
+        for (topic, partition, from) in partitions {
+            match by_start
+                .iter_mut()
+                .find(|(t, f, _)| *t == topic && *f == from)
+            {
+                Some((_, _, group)) => group.push(partition),
+                None => by_start.push((topic, from, vec![partition])),
+            }
+        }
+        for (topic, from, partitions) in by_start {
+            self.assign(&topic, Some(partitions), from)?;
+        }
+        Ok(())
+    }
+
+    /// Assigns partitions at exact positions without asking the broker
+    /// (the caller resolved them, e.g. from committed offsets). A position
+    /// outside the log surfaces from `poll` as `OffsetOutOfRange`.
+    pub fn assign_positions(&mut self, positions: Vec<(String, u32, i64)>) -> Result<()> {
+        for (topic, partition, offset) in &positions {
+            let count = self.client.partition_count(topic)?;
+            if *partition >= count {
+                return Err(ClientError::UnknownPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    partition_count: count,
+                });
+            }
+            if *offset < 0 {
+                return Err(ClientError::InvalidArgument(format!(
+                    "cannot start {topic}/{partition} at negative offset {offset}"
+                )));
+            }
+        }
+        for (topic, partition, position) in positions {
+            self.insert_partition(Arc::from(topic.as_str()), partition, position);
+        }
+        Ok(())
+    }
+
+    /// Stops consuming everything, dropping buffered records and queued
+    /// errors (they concern partitions this consumer no longer reads).
+    pub fn unassign_all(&mut self) {
+        self.partitions.clear();
+        self.buffered.clear();
+        self.errors.clear();
+    }
+
+    fn insert_partition(&mut self, topic: Arc<str>, partition: u32, position: i64) {
+        self.partitions.insert(
+            (topic.clone(), partition),
+            PartitionState {
+                topic,
+                position,
+                high_watermark: -1,
+                paused: false,
+            },
+        );
     }
 
     /// Assigns partitions of `topic` (`None`: all of them), each starting at
@@ -179,15 +262,7 @@ impl Consumer {
         let positions = self.resolve(topic, &partitions, from)?;
         let topic: Arc<str> = Arc::from(topic);
         for (p, position) in partitions.into_iter().zip(positions) {
-            self.partitions.insert(
-                (topic.clone(), p),
-                PartitionState {
-                    topic: topic.clone(),
-                    position,
-                    high_watermark: -1,
-                    paused: false,
-                },
-            );
+            self.insert_partition(topic.clone(), p, position);
         }
         Ok(())
     }
@@ -381,6 +456,7 @@ impl Consumer {
             min_bytes: self.config.min_bytes,
             max_bytes: self.config.max_bytes,
             topics,
+            fence: self.fence.clone(),
         });
         let id = self.next_fetch_id;
         self.next_fetch_id += 1;
@@ -389,8 +465,15 @@ impl Consumer {
             .cluster()
             .retrying("connect", || self.client.cluster().shard_connection(shard))?;
         let tx = self.completions_tx.clone();
-        self.in_flight
-            .insert(shard, FetchInFlight { id, requested });
+        let fence = self.fence.clone();
+        self.in_flight.insert(
+            shard,
+            FetchInFlight {
+                id,
+                requested,
+                fence,
+            },
+        );
         connection.request_with_callback(body, Vec::new(), move |result| {
             // The consumer may be gone; then nobody needs the answer.
             let _ = tx.send((shard, id, result));
@@ -403,6 +486,9 @@ impl Consumer {
             return;
         };
         assert_eq!(fetch.id, id, "one fetch in flight per shard");
+        if fetch.fence != self.fence {
+            return; // sent for a generation that is over
+        }
         let (response, payload) = match result {
             Ok(reply) => reply,
             Err(e) => {

@@ -9,17 +9,21 @@
 //! * [`Producer`]: batching by partition, shard-aware routing, pipelined
 //!   produce requests, per-partition order.
 //! * [`Consumer`]: assigned partitions, long-poll fetches per shard.
-//! * [`Admin`]: topics and broker information.
+//! * [`GroupConsumer`]: partitions assigned by a consumer group, committed
+//!   offsets, rebalances (a heartbeat thread keeps the session alive).
+//! * [`Admin`]: topics, consumer groups and broker information.
 //!
 //! Routing: partition-level requests go straight to the shard that owns the
 //! partition (its own port, from metadata); metadata and admin requests go to
-//! the bootstrap address.
+//! the bootstrap address; group requests go to the group's coordinator
+//! shard when it is known.
 
 pub mod admin;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod oneshot;
 pub mod producer;
 
@@ -35,6 +39,9 @@ pub use cluster::TopicRoute;
 pub use connection::{Reply, ResponseFuture};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 pub use error::{ClientError, Result};
+pub use group::{
+    Assignor, CommitCallback, GroupConfig, GroupConsumer, GroupMode, Membership, RebalanceListener,
+};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture};
 
 use cluster::Cluster;
@@ -193,5 +200,6 @@ mod tests {
         assert_send_sync::<ResponseFuture>();
         fn assert_send<T: Send>() {}
         assert_send::<Consumer>();
+        assert_send::<GroupConsumer>();
     }
 }

@@ -2,6 +2,11 @@
 //! broker on real sockets: two "shards", each its own listener, partition p
 //! owned by shard p % 2. The fake counts requests that reach the wrong shard,
 //! so the tests also check shard-aware routing.
+//!
+//! For the group consumer the fake also coordinates one single-member
+//! group (on shard 1): joins complete at once with every partition of the
+//! subscribed topics; the tests force a rebalance or make the coordinator
+//! forget the member, and check what the client does about it.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,12 +18,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringmq_client::{
-    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, StartFrom,
+    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, GroupConfig, GroupConsumer,
+    Producer, ProducerConfig, ProducerRecord, RebalanceListener, StartFrom,
 };
 use ringmq_wire::batch::header::set_base_offset;
 use ringmq_wire::batch::BatchSplitter;
 use ringmq_wire::envelope::*;
+use ringmq_wire::error::{ApiError, ErrorCode};
 use ringmq_wire::frame::{encode_frame_head, FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 
 #[derive(Default)]
@@ -33,11 +39,29 @@ struct Store {
     logs: HashMap<(String, u32), Log>,
 }
 
+/// The fake's one consumer group, with at most one member.
+#[derive(Default)]
+struct FakeGroup {
+    generation: i32,
+    member: Option<String>,
+    members_created: u32,
+    /// Set by a test: heartbeats answer `rebalance_in_progress` until the
+    /// member rejoins.
+    rebalancing: bool,
+    offsets: HashMap<(String, u32), i64>,
+    /// (generation, topic, partition, offset) of every accepted commit.
+    commits: Vec<(i32, String, u32, i64)>,
+    leaves: u32,
+    /// Group requests that reached shard 0 instead of the coordinator.
+    misrouted: u32,
+}
+
 struct Fake {
     ports: [u16; 2],
     store: Mutex<Store>,
     misrouted: AtomicU64,
     produce_requests: AtomicU64,
+    group: Mutex<FakeGroup>,
 }
 
 fn start() -> Arc<Fake> {
@@ -54,6 +78,7 @@ fn start() -> Arc<Fake> {
         store: Mutex::new(Store::default()),
         misrouted: AtomicU64::new(0),
         produce_requests: AtomicU64::new(0),
+        group: Mutex::new(FakeGroup::default()),
     });
     for (shard, listener) in listeners.into_iter().enumerate() {
         let fake = fake.clone();
@@ -172,11 +197,21 @@ impl Fake {
                         .collect(),
                 })
             }
-            RequestBody::DeleteTopics(_) => {
-                // The tests never delete; answer like a broker without the API.
+            RequestBody::FindCoordinator(_)
+            | RequestBody::JoinGroup(_)
+            | RequestBody::Heartbeat(_)
+            | RequestBody::LeaveGroup(_)
+            | RequestBody::OffsetCommit(_)
+            | RequestBody::OffsetFetch(_) => match self.group_api(shard, request.body) {
+                Ok(body) => body,
+                Err(error) => return Some((Response::error(api, id, error), Bytes::new())),
+            },
+            // The tests never delete nor administer groups; answer like a
+            // broker without those APIs.
+            _ => {
                 let error = ringmq_wire::error::ApiError::new(
                     ringmq_wire::error::ErrorCode::UnknownApi,
-                    "the fake broker does not serve DeleteTopics",
+                    format!("the fake broker does not serve {}", api.name()),
                 );
                 return Some((Response::error(api, id, error), Bytes::new()));
             }
@@ -267,9 +302,69 @@ impl Fake {
         ProduceResponse { topics }
     }
 
+    fn group_api(&self, shard: u16, body: RequestBody) -> Result<ResponseBody, ApiError> {
+        let partition_counts = self.store.lock().unwrap().topics.clone();
+        let mut group = self.group.lock().unwrap();
+        if shard != 1 && !matches!(body, RequestBody::FindCoordinator(_)) {
+            group.misrouted += 1;
+        }
+        Ok(match body {
+            RequestBody::FindCoordinator(_) => {
+                ResponseBody::FindCoordinator(FindCoordinatorResponse {
+                    shard: 1,
+                    host: "0.0.0.0".into(),
+                    port: self.ports[1],
+                    offsets_partition: 0,
+                })
+            }
+            RequestBody::JoinGroup(j) => {
+                ResponseBody::JoinGroup(group.join(&j, &partition_counts)?)
+            }
+            RequestBody::Heartbeat(h) => {
+                group.check(&h.member_id, h.generation)?;
+                if group.rebalancing {
+                    return Err(ApiError::new(ErrorCode::RebalanceInProgress, "rebalancing"));
+                }
+                ResponseBody::Heartbeat
+            }
+            RequestBody::LeaveGroup(l) => {
+                group.check(&l.member_id, group.generation)?;
+                group.member = None;
+                group.leaves += 1;
+                ResponseBody::LeaveGroup
+            }
+            RequestBody::OffsetCommit(c) => {
+                group.check(&c.member_id, c.generation)?;
+                ResponseBody::OffsetCommit(group.commit(&c))
+            }
+            RequestBody::OffsetFetch(f) => ResponseBody::OffsetFetch(OffsetFetchResponse {
+                offsets: group
+                    .offsets
+                    .iter()
+                    .filter(|((t, _), _)| f.topics.as_ref().is_none_or(|ts| ts.contains(t)))
+                    .map(|((topic, partition), offset)| CommittedOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        metadata: String::new(),
+                        commit_time_ms: 0,
+                        instance_id: String::new(),
+                    })
+                    .collect(),
+            }),
+            _ => unreachable!("not a group request"),
+        })
+    }
+
     /// Returns whole batches whose last offset >= the fetch offset (so the
     /// first may start before it), or waits a little when there are none.
     fn fetch(&self, shard: u16, id: u64, f: &FetchRequest) -> (Response, Bytes) {
+        if let Some(fence) = &f.fence {
+            let group = self.group.lock().unwrap();
+            if let Err(error) = group.check(&fence.member_id, fence.generation) {
+                return (Response::error(ApiKey::Fetch, id, error), Bytes::new());
+            }
+        }
         for attempt in 0..2 {
             let store = self.store.lock().unwrap();
             let mut payload = BytesMut::new();
@@ -317,6 +412,82 @@ impl Fake {
             std::thread::sleep(Duration::from_millis(f.max_wait_ms.min(50) as u64));
         }
         unreachable!()
+    }
+}
+
+impl FakeGroup {
+    /// The member must be the current one, in the current generation.
+    fn check(&self, member_id: &str, generation: i32) -> Result<(), ApiError> {
+        if self.member.as_deref() != Some(member_id) {
+            return Err(ApiError::new(ErrorCode::UnknownMemberId, "unknown member"));
+        }
+        if generation != self.generation {
+            return Err(ApiError::new(
+                ErrorCode::IllegalGeneration,
+                "generation over",
+            ));
+        }
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        j: &JoinGroupRequest,
+        partition_counts: &HashMap<String, u32>,
+    ) -> Result<JoinGroupResponse, ApiError> {
+        let member_id = if j.member_id.is_empty() {
+            self.members_created += 1;
+            format!("m-{}", self.members_created)
+        } else if self.member.as_deref() == Some(j.member_id.as_str()) {
+            j.member_id.clone()
+        } else {
+            return Err(ApiError::new(ErrorCode::UnknownMemberId, "unknown member"));
+        };
+        self.member = Some(member_id.clone());
+        self.generation += 1;
+        self.rebalancing = false;
+        let assignment = j
+            .topics
+            .iter()
+            .filter_map(|t| {
+                partition_counts.get(t).map(|&n| TopicPartitions {
+                    topic: t.clone(),
+                    partitions: (0..n).collect(),
+                })
+            })
+            .collect();
+        Ok(JoinGroupResponse {
+            member_id,
+            generation: self.generation,
+            mode: j.mode,
+            assignor: j.assignor,
+            assignment,
+            heartbeat_interval_ms: 50,
+            session_timeout_ms: j.session_timeout_ms,
+            member_count: 1,
+        })
+    }
+
+    fn commit(&mut self, c: &OffsetCommitRequest) -> OffsetCommitResponse {
+        let mut topics = Vec::new();
+        for topic in &c.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                self.offsets
+                    .insert((topic.name.clone(), p.partition), p.offset);
+                self.commits
+                    .push((c.generation, topic.name.clone(), p.partition, p.offset));
+                partitions.push(OffsetCommitPartitionResult {
+                    partition: p.partition,
+                    error: None,
+                });
+            }
+            topics.push(OffsetCommitTopicResult {
+                name: topic.name.clone(),
+                partitions,
+            });
+        }
+        OffsetCommitResponse { topics }
     }
 }
 
@@ -503,4 +674,203 @@ fn explicit_partition_sync_send_and_seek() {
         info.partitions[1].endpoint,
         format!("127.0.0.1:{}", fake.ports[1])
     );
+}
+
+/// Records rebalance events as `assigned 1 t:0,t:1` strings.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn push(&self, event: &str, generation: i32, partitions: &[(String, u32)]) {
+        let parts: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}:{p}")).collect();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{event} {generation} {}", parts.join(",")));
+    }
+}
+
+impl RebalanceListener for Recorder {
+    fn on_assigned(&mut self, generation: i32, partitions: &[(String, u32)]) {
+        self.push("assigned", generation, partitions);
+    }
+    fn on_revoked(&mut self, generation: i32, partitions: &[(String, u32)]) {
+        self.push("revoked", generation, partitions);
+    }
+    fn on_lost(&mut self, generation: i32, partitions: &[(String, u32)]) {
+        self.push("lost", generation, partitions);
+    }
+}
+
+fn produce_values(client: &Client, topic: &str, values: std::ops::Range<u32>) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    for i in values {
+        producer
+            .send_sync(ProducerRecord::new(topic, format!("v{i}")).with_key(format!("k{i}")))
+            .unwrap();
+    }
+    producer.close();
+}
+
+/// Polls until `count` records arrived (or a few seconds passed).
+fn poll_values(consumer: &mut GroupConsumer, count: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while values.len() < count && std::time::Instant::now() < deadline {
+        for record in consumer.poll(Duration::from_millis(100)).unwrap() {
+            values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    values
+}
+
+fn group_consumer(client: &Client, events: &Arc<Mutex<Vec<String>>>) -> GroupConsumer {
+    let config = GroupConfig {
+        session_timeout_ms: 300,
+        // Commits only on rebalance and close, so the test sees exactly those.
+        auto_commit_interval_ms: 60_000,
+        ..GroupConfig::new("g")
+    };
+    let mut consumer = GroupConsumer::new(client.clone(), config).unwrap();
+    consumer.subscribe(&["gt".to_string()]);
+    consumer.set_rebalance_listener(Box::new(Recorder(events.clone())));
+    consumer
+}
+
+#[test]
+fn group_consumer_commits_before_a_rebalance_and_resumes_from_the_commit() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("gt", 2, &[]).unwrap();
+    produce_values(&client, "gt", 0..20);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut consumer = group_consumer(&client, &events);
+
+    let first = poll_values(&mut consumer, 20);
+    assert_eq!(first.len(), 20);
+    assert_eq!(consumer.member_id(), "m-1");
+    assert_eq!(consumer.generation(), 1);
+    assert_eq!(
+        consumer.assignment(),
+        vec![("gt".to_string(), 0), ("gt".to_string(), 1)]
+    );
+    let ends: Vec<Option<i64>> = (0..2).map(|p| consumer.position("gt", p)).collect();
+
+    // The coordinator starts a rebalance; the heartbeat thread notices.
+    fake.group.lock().unwrap().rebalancing = true;
+    produce_values(&client, "gt", 20..28);
+    let second = poll_values(&mut consumer, 8);
+    let mut expected: Vec<String> = (20..28).map(|i| format!("v{i}")).collect();
+    let mut got = second.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "resumed exactly at the committed offsets");
+    assert_eq!(consumer.generation(), 2);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            "assigned 1 gt:0,gt:1",
+            "revoked 1 gt:0,gt:1",
+            "assigned 2 gt:0,gt:1"
+        ]
+    );
+    {
+        let group = fake.group.lock().unwrap();
+        let before_rebalance: Vec<(u32, i64)> = group
+            .commits
+            .iter()
+            .filter(|c| c.0 == 1)
+            .map(|c| (c.2, c.3))
+            .collect();
+        let expected: Vec<(u32, i64)> = (0..2).map(|p| (p, ends[p as usize].unwrap())).collect();
+        assert_eq!(
+            before_rebalance, expected,
+            "generation 1 committed its positions"
+        );
+    }
+    assert_eq!(consumer.committed("gt", 0).unwrap(), ends[0]);
+
+    consumer.close().unwrap();
+    let group = fake.group.lock().unwrap();
+    assert_eq!(group.leaves, 1);
+    assert_eq!(group.member, None);
+    let total: i64 = (0..2).map(|p| group.offsets[&("gt".to_string(), p)]).sum();
+    assert_eq!(total, 28, "close committed everything consumed");
+    assert_eq!(group.misrouted, 0, "group requests go to the coordinator");
+    assert_eq!(
+        events.lock().unwrap().last().unwrap(),
+        "revoked 2 gt:0,gt:1"
+    );
+}
+
+#[test]
+fn a_member_the_coordinator_forgot_is_lost_and_rejoins_afresh() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("gt", 2, &[]).unwrap();
+    produce_values(&client, "gt", 0..4);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut consumer = group_consumer(&client, &events);
+    assert_eq!(poll_values(&mut consumer, 4).len(), 4);
+    consumer.commit_sync().unwrap();
+
+    // The member's session "expired": heartbeats and fetches are refused.
+    fake.group.lock().unwrap().member = None;
+    produce_values(&client, "gt", 4..6);
+    let again = poll_values(&mut consumer, 2);
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(
+        consumer.member_id(),
+        "m-2",
+        "rejoined with a fresh member id"
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            "assigned 1 gt:0,gt:1",
+            "lost 1 gt:0,gt:1",
+            "assigned 2 gt:0,gt:1"
+        ]
+    );
+    // A lost member cannot commit: nothing of generation 1 after the first.
+    let gen1_commits = fake
+        .group
+        .lock()
+        .unwrap()
+        .commits
+        .iter()
+        .filter(|c| c.0 == 1)
+        .count();
+    assert_eq!(gen1_commits, 2);
+    consumer.close().unwrap();
+}
+
+#[test]
+fn commit_async_callbacks_run_on_the_polling_thread() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("gt", 2, &[]).unwrap();
+    produce_values(&client, "gt", 0..6);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut consumer = group_consumer(&client, &events);
+    assert_eq!(poll_values(&mut consumer, 6).len(), 6);
+    let outcome = Arc::new(Mutex::new(None));
+    let polling_thread = std::thread::current().id();
+    {
+        let outcome = outcome.clone();
+        consumer.commit_async(Some(Box::new(move |result| {
+            assert_eq!(std::thread::current().id(), polling_thread);
+            *outcome.lock().unwrap() = Some(result.is_ok());
+        })));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while outcome.lock().unwrap().is_none() && std::time::Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(*outcome.lock().unwrap(), Some(true));
+    let committed: i64 = (0..2)
+        .map(|p| consumer.committed("gt", p).unwrap().unwrap())
+        .sum();
+    assert_eq!(committed, 6);
+    drop(consumer); // closes: leaves the group
+    assert_eq!(fake.group.lock().unwrap().leaves, 1);
 }

@@ -75,6 +75,7 @@ pub fn requests() -> Vec<Request> {
                     partition_max_bytes: 1 << 20,
                 }],
             }],
+            fence: None,
         }),
         RequestBody::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {
@@ -91,6 +92,53 @@ pub fn requests() -> Vec<Request> {
                 ],
             }],
         }),
+        RequestBody::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            member_id: String::new(),
+            instance_id: "host-a".into(),
+            client_id: "fuzz".into(),
+            mode: GroupMode::Broadcasting,
+            assignor: Assignor::RoundRobin,
+            topics: vec!["orders".into(), "refunds".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: u32::MAX,
+        }),
+        RequestBody::Heartbeat(HeartbeatRequest {
+            group: "billing".into(),
+            member_id: "m-1".into(),
+            generation: i32::MIN,
+        }),
+        RequestBody::OffsetCommit(OffsetCommitRequest {
+            group: "billing".into(),
+            member_id: "m-1".into(),
+            generation: 3,
+            instance_id: String::new(),
+            topics: vec![OffsetCommitTopic {
+                name: "orders".into(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: 1,
+                    offset: -5,
+                    metadata: "m".into(),
+                }],
+            }],
+        }),
+        RequestBody::OffsetFetch(OffsetFetchRequest {
+            group: "billing".into(),
+            instance_id: "host-a".into(),
+            topics: None,
+        }),
+        RequestBody::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 0,
+            topics: vec![],
+            fence: Some(FetchFence {
+                group: "billing".into(),
+                member_id: "m-1".into(),
+                generation: 2,
+            }),
+        }),
+        RequestBody::ListGroups,
     ];
     bodies
         .into_iter()

@@ -185,6 +185,12 @@ impl Catalog {
 
     /// A new version without topic `name`.
     pub fn without_topic(&self, name: &str) -> Result<Catalog, CatalogError> {
+        if is_internal_topic(name) {
+            return Err(CatalogError::InvalidName {
+                name: name.to_string(),
+                reason: "internal topics cannot be deleted",
+            });
+        }
         if !self.topics.contains_key(name) {
             return Err(CatalogError::UnknownTopic(name.to_string()));
         }
@@ -194,6 +200,30 @@ impl Catalog {
         Ok(next)
     }
 
+    /// Adds an internal topic if it is missing, without bumping the
+    /// version: every shard adds the same entry to the catalog it loaded, so
+    /// all agree without a controller round trip, and the controller
+    /// persists it with its next change. An existing entry wins (its
+    /// partition count decides where groups live, so it must not change).
+    pub fn with_internal_topic(
+        mut self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Catalog {
+        assert!(is_internal_topic(name));
+        assert!(partitions > 0);
+        self.topics
+            .entry(name.to_string())
+            .or_insert_with(|| TopicEntry {
+                name: name.to_string(),
+                partitions,
+                config,
+                created_ms: 0,
+            });
+        self
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("catalog serializes")
     }
@@ -201,6 +231,11 @@ impl Catalog {
     pub fn from_json(bytes: &[u8]) -> Result<Catalog, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
+}
+
+/// Internal topics (`__` prefix) are created by the broker itself.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
 }
 
 /// Deterministic placement: partitions of a topic go round-robin across

@@ -5,12 +5,14 @@
 //!   retention, offline verification.
 //! * [`cache`]: the per-shard tail cache of recent batches.
 //! * [`catalog`]: topics, configs, deterministic placement.
+//! * [`group`]: consumer groups: membership, assignors, committed offsets.
 //! * [`mesh`]: cross-shard channels.
 //! * [`shard`]: the request handlers that run on a shard.
 //! * [`metrics`]: per-shard counters.
 
 pub mod cache;
 pub mod catalog;
+pub mod group;
 pub mod io;
 pub mod log;
 pub mod mesh;

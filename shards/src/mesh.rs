@@ -60,6 +60,16 @@ pub enum ShardRequest {
     PartitionStats,
     /// Latency histograms and cache counters for /metrics.
     Histograms,
+    /// A consumer-group request for the group's coordinator (or ListGroups:
+    /// this shard's groups).
+    Group(ringmq_wire::envelope::RequestBody),
+    /// From a coordinator: a group's new generation (`None`: deleted).
+    GroupFence {
+        group: String,
+        fence: Option<crate::group::Fence>,
+    },
+    /// Committed offsets of the groups a shard coordinates (for lag).
+    CommittedOffsets,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +91,9 @@ pub enum ShardResponse {
     CatalogApplied,
     PartitionStats(Vec<PartitionStat>),
     Histograms(Box<crate::metrics::HistogramSnapshot>),
+    Group(Result<ringmq_wire::envelope::ResponseBody, ringmq_wire::error::ApiError>),
+    FenceInstalled,
+    CommittedOffsets(Vec<(String, ringmq_wire::group_api::CommittedOffset)>),
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use ringmq_wire::envelope::ApiKey;
 
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
-    pub requests: [AtomicU64; 7],
+    pub requests: [AtomicU64; ApiKey::ALL.len()],
     pub request_errors: AtomicU64,
     pub produce_bytes: AtomicU64,
     pub produce_messages: AtomicU64,

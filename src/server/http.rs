@@ -247,7 +247,63 @@ async fn render_metrics(state: &HttpState) -> String {
             );
         }
     }
+    render_group_lag(
+        &mut out,
+        &stats,
+        &state.shard.cluster_committed_offsets().await,
+    );
     out
+}
+
+/// Committed offset and lag (high watermark - committed offset, never
+/// negative) per group and partition; broadcasting groups per instance.
+fn render_group_lag(
+    out: &mut String,
+    stats: &[ringmq_shards::mesh::PartitionStat],
+    committed: &[(String, ringmq_wire::group_api::CommittedOffset)],
+) {
+    let hw: std::collections::HashMap<(&str, u32), i64> = stats
+        .iter()
+        .map(|s| ((s.topic.as_str(), s.partition), s.high_watermark))
+        .collect();
+    let series: [(&str, &str); 2] = [
+        (
+            "ringmq_consumer_group_committed_offset",
+            "Next offset the group will read, as last committed.",
+        ),
+        (
+            "ringmq_consumer_group_lag",
+            "Messages between the committed offset and the high watermark.",
+        ),
+    ];
+    for (index, (name, help)) in series.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (group, c) in committed {
+            let value = match index {
+                0 => c.offset,
+                _ => match hw.get(&(c.topic.as_str(), c.partition)) {
+                    Some(hw) => (hw - c.offset).max(0),
+                    None => continue,
+                },
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{group=\"{}\",instance=\"{}\",topic=\"{}\",partition=\"{}\"}} {value}",
+                escape_label(group),
+                escape_label(&c.instance_id),
+                c.topic,
+                c.partition,
+            );
+        }
+    }
+}
+
+/// Prometheus label-value escaping (group ids may hold quotes).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn render_histograms(out: &mut String, shards: &[(usize, HistogramSnapshot)]) {

@@ -128,6 +128,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 tail_cache_bytes: args.tail_cache_mb << 20,
                 max_frame_bytes: args.max_frame_bytes,
                 retention_check_ms: args.retention_check_ms,
+                offsets_partitions: args.offsets_partitions,
+                offsets_segment_bytes: args.offsets_segment_bytes,
+                group_settings: ringmq_shards::group::GroupSettings {
+                    min_session_timeout_ms: args.group_min_session_timeout_ms,
+                    max_session_timeout_ms: args.group_max_session_timeout_ms,
+                    ..Default::default()
+                },
             },
             cpu: cpus[shard % cpus.len()],
             mesh,
@@ -331,6 +338,7 @@ async fn shard_main(boot: ShardBoot) -> Result<(), String> {
         glommio::spawn_local(shard.clone().serve_peer(peer, receiver)).detach();
     }
     glommio::spawn_local(shard.clone().retention_loop()).detach();
+    glommio::spawn_local(shard.clone().group_loop()).detach();
     // SAFETY: each fd was bound and listened in `run` and handed to exactly
     // this shard, which now owns it.
     let public = unsafe { TcpListener::from_raw_fd(boot.public_fd) };

@@ -359,6 +359,25 @@ impl RawConn {
         }
     }
 
+    /// Creates a topic and asserts that it worked.
+    pub fn create_topic(&mut self, name: &str, partitions: u32) {
+        let body = RequestBody::CreateTopics(ringmq_wire::envelope::CreateTopicsRequest {
+            topics: vec![ringmq_wire::envelope::NewTopic {
+                name: name.into(),
+                partitions,
+                configs: vec![],
+            }],
+            timeout_ms: 10_000,
+        });
+        let (r, _) = self.call(2, body, &[]);
+        match r.body {
+            ringmq_wire::envelope::ResponseBody::CreateTopics(t) => {
+                assert!(t.results[0].error.is_none(), "{t:?}")
+            }
+            other => panic!("unexpected {other:?} {:?}", r.error),
+        }
+    }
+
     pub fn call(
         &mut self,
         correlation_id: u64,

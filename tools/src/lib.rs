@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 runtime error, 2 usage error (clap's own).
 
 pub mod consume;
+pub mod group;
 pub mod log_verify;
 pub mod produce;
 pub mod signals;

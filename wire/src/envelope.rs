@@ -11,6 +11,7 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 use crate::error::{ApiError, ErrorCode};
 use crate::frame::{verify_request, verify_response, FrameError};
 use crate::generated as fb;
+pub use crate::group_api::*;
 
 /// Current version of every API. Bumped per API when its shape changes.
 pub const API_VERSION: u16 = 0;
@@ -24,10 +25,19 @@ pub enum ApiKey {
     Produce,
     Fetch,
     ListOffsets,
+    FindCoordinator,
+    JoinGroup,
+    Heartbeat,
+    LeaveGroup,
+    OffsetCommit,
+    OffsetFetch,
+    ListGroups,
+    DescribeGroup,
+    DeleteGroup,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -35,6 +45,15 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::FindCoordinator,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
+        ApiKey::DeleteGroup,
     ];
 
     pub fn to_fb(self) -> fb::ApiKey {
@@ -46,6 +65,15 @@ impl ApiKey {
             ApiKey::Produce => fb::ApiKey::Produce,
             ApiKey::Fetch => fb::ApiKey::Fetch,
             ApiKey::ListOffsets => fb::ApiKey::ListOffsets,
+            ApiKey::FindCoordinator => fb::ApiKey::FindCoordinator,
+            ApiKey::JoinGroup => fb::ApiKey::JoinGroup,
+            ApiKey::Heartbeat => fb::ApiKey::Heartbeat,
+            ApiKey::LeaveGroup => fb::ApiKey::LeaveGroup,
+            ApiKey::OffsetCommit => fb::ApiKey::OffsetCommit,
+            ApiKey::OffsetFetch => fb::ApiKey::OffsetFetch,
+            ApiKey::ListGroups => fb::ApiKey::ListGroups,
+            ApiKey::DescribeGroup => fb::ApiKey::DescribeGroup,
+            ApiKey::DeleteGroup => fb::ApiKey::DeleteGroup,
         }
     }
 
@@ -63,6 +91,15 @@ impl ApiKey {
             ApiKey::Produce => "produce",
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
+            ApiKey::FindCoordinator => "find_coordinator",
+            ApiKey::JoinGroup => "join_group",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::OffsetCommit => "offset_commit",
+            ApiKey::OffsetFetch => "offset_fetch",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroup => "describe_group",
+            ApiKey::DeleteGroup => "delete_group",
         }
     }
 }
@@ -162,6 +199,15 @@ pub enum RequestBody {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups,
+    DescribeGroup(DescribeGroupRequest),
+    DeleteGroup(DeleteGroupRequest),
 }
 
 impl RequestBody {
@@ -174,6 +220,15 @@ impl RequestBody {
             RequestBody::Produce(_) => ApiKey::Produce,
             RequestBody::Fetch(_) => ApiKey::Fetch,
             RequestBody::ListOffsets(_) => ApiKey::ListOffsets,
+            RequestBody::FindCoordinator(_) => ApiKey::FindCoordinator,
+            RequestBody::JoinGroup(_) => ApiKey::JoinGroup,
+            RequestBody::Heartbeat(_) => ApiKey::Heartbeat,
+            RequestBody::LeaveGroup(_) => ApiKey::LeaveGroup,
+            RequestBody::OffsetCommit(_) => ApiKey::OffsetCommit,
+            RequestBody::OffsetFetch(_) => ApiKey::OffsetFetch,
+            RequestBody::ListGroups => ApiKey::ListGroups,
+            RequestBody::DescribeGroup(_) => ApiKey::DescribeGroup,
+            RequestBody::DeleteGroup(_) => ApiKey::DeleteGroup,
         }
     }
 }
@@ -241,6 +296,8 @@ pub struct FetchRequest {
     pub min_bytes: u32,
     pub max_bytes: u32,
     pub topics: Vec<FetchTopic>,
+    /// Set by group consumers so that fetches from fenced members are refused.
+    pub fence: Option<FetchFence>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +340,15 @@ pub enum ResponseBody {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    FindCoordinator(FindCoordinatorResponse),
+    JoinGroup(JoinGroupResponse),
+    Heartbeat,
+    LeaveGroup,
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    ListGroups(ListGroupsResponse),
+    DescribeGroup(DescribeGroupResponse),
+    DeleteGroup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,9 +527,12 @@ impl EnvelopeError {
 
 // ---------------------------------------------------------------- encoding
 
-type Fbb = FlatBufferBuilder<'static>;
+pub(crate) type Fbb = FlatBufferBuilder<'static>;
 
-fn enc_error(fbb: &mut Fbb, error: &Option<ApiError>) -> Option<WIPOffset<fb::Error<'static>>> {
+pub(crate) fn enc_error(
+    fbb: &mut Fbb,
+    error: &Option<ApiError>,
+) -> Option<WIPOffset<fb::Error<'static>>> {
     let error = error.as_ref()?;
     let message = fbb.create_string(&error.message);
     Some(fb::Error::create(
@@ -475,7 +544,7 @@ fn enc_error(fbb: &mut Fbb, error: &Option<ApiError>) -> Option<WIPOffset<fb::Er
     ))
 }
 
-fn enc_strings(
+pub(crate) fn enc_strings(
     fbb: &mut Fbb,
     items: &[String],
 ) -> WIPOffset<Vector<'static, ForwardsUOffset<&'static str>>> {
@@ -686,6 +755,7 @@ impl Request {
                     })
                     .collect();
                 let topics = fbb.create_vector(&topics);
+                let (group, member_id, generation) = encode_fetch_fence(fbb, &f.fence);
                 let t = fb::FetchRequest::create(
                     fbb,
                     &fb::FetchRequestArgs {
@@ -693,6 +763,9 @@ impl Request {
                         min_bytes: f.min_bytes,
                         max_bytes: f.max_bytes,
                         topics: Some(topics),
+                        group,
+                        member_id,
+                        generation,
                     },
                 );
                 (fb::RequestBody::FetchRequest, t.as_union_value())
@@ -735,6 +808,42 @@ impl Request {
                 );
                 (fb::RequestBody::ListOffsetsRequest, t.as_union_value())
             }
+            RequestBody::FindCoordinator(r) => {
+                let t = encode_find_coordinator_request(fbb, r);
+                (fb::RequestBody::FindCoordinatorRequest, t.as_union_value())
+            }
+            RequestBody::JoinGroup(r) => {
+                let t = encode_join_group_request(fbb, r);
+                (fb::RequestBody::JoinGroupRequest, t.as_union_value())
+            }
+            RequestBody::Heartbeat(r) => {
+                let t = encode_heartbeat_request(fbb, r);
+                (fb::RequestBody::HeartbeatRequest, t.as_union_value())
+            }
+            RequestBody::LeaveGroup(r) => {
+                let t = encode_leave_group_request(fbb, r);
+                (fb::RequestBody::LeaveGroupRequest, t.as_union_value())
+            }
+            RequestBody::OffsetCommit(r) => {
+                let t = encode_offset_commit_request(fbb, r);
+                (fb::RequestBody::OffsetCommitRequest, t.as_union_value())
+            }
+            RequestBody::OffsetFetch(r) => {
+                let t = encode_offset_fetch_request(fbb, r);
+                (fb::RequestBody::OffsetFetchRequest, t.as_union_value())
+            }
+            RequestBody::ListGroups => {
+                let t = fb::ListGroupsRequest::create(fbb, &fb::ListGroupsRequestArgs {});
+                (fb::RequestBody::ListGroupsRequest, t.as_union_value())
+            }
+            RequestBody::DescribeGroup(r) => {
+                let t = encode_describe_group_request(fbb, r);
+                (fb::RequestBody::DescribeGroupRequest, t.as_union_value())
+            }
+            RequestBody::DeleteGroup(r) => {
+                let t = encode_delete_group_request(fbb, r);
+                (fb::RequestBody::DeleteGroupRequest, t.as_union_value())
+            }
         }
     }
 
@@ -768,7 +877,7 @@ pub fn peek_request_header(envelope: &[u8]) -> Option<(u64, u16)> {
     Some((root.header().correlation_id(), root.header().api().0))
 }
 
-fn dec_strings(v: Option<Vector<'_, ForwardsUOffset<&str>>>) -> Vec<String> {
+pub(crate) fn dec_strings(v: Option<Vector<'_, ForwardsUOffset<&str>>>) -> Vec<String> {
     v.map(|v| v.iter().map(str::to_string).collect())
         .unwrap_or_default()
 }
@@ -782,7 +891,7 @@ fn dec_configs(v: Option<Vector<'_, ForwardsUOffset<fb::KeyValue<'_>>>>) -> Vec<
     .unwrap_or_default()
 }
 
-fn dec_error(e: Option<fb::Error<'_>>) -> Option<ApiError> {
+pub(crate) fn dec_error(e: Option<fb::Error<'_>>) -> Option<ApiError> {
     let e = e?;
     let code = ErrorCode::from_fb(e.code());
     if code == ErrorCode::None {
@@ -907,6 +1016,7 @@ fn decode_request_body(api: ApiKey, root: &fb::Request<'_>) -> Result<RequestBod
                 min_bytes: f.min_bytes(),
                 max_bytes: f.max_bytes(),
                 topics,
+                fence: decode_fetch_fence(&f),
             })
         }
         ApiKey::ListOffsets => {
@@ -934,6 +1044,31 @@ fn decode_request_body(api: ApiKey, root: &fb::Request<'_>) -> Result<RequestBod
                 .unwrap_or_default();
             RequestBody::ListOffsets(ListOffsetsRequest { topics })
         }
+        ApiKey::FindCoordinator => RequestBody::FindCoordinator(decode_find_coordinator_request(
+            root.body_as_find_coordinator_request().ok_or(missing)?,
+        )?),
+        ApiKey::JoinGroup => RequestBody::JoinGroup(decode_join_group_request(
+            root.body_as_join_group_request().ok_or(missing)?,
+        )?),
+        ApiKey::Heartbeat => RequestBody::Heartbeat(decode_heartbeat_request(
+            root.body_as_heartbeat_request().ok_or(missing)?,
+        )?),
+        ApiKey::LeaveGroup => RequestBody::LeaveGroup(decode_leave_group_request(
+            root.body_as_leave_group_request().ok_or(missing)?,
+        )?),
+        ApiKey::OffsetCommit => RequestBody::OffsetCommit(decode_offset_commit_request(
+            root.body_as_offset_commit_request().ok_or(missing)?,
+        )?),
+        ApiKey::OffsetFetch => RequestBody::OffsetFetch(decode_offset_fetch_request(
+            root.body_as_offset_fetch_request().ok_or(missing)?,
+        )?),
+        ApiKey::ListGroups => RequestBody::ListGroups,
+        ApiKey::DescribeGroup => RequestBody::DescribeGroup(decode_describe_group_request(
+            root.body_as_describe_group_request().ok_or(missing)?,
+        )?),
+        ApiKey::DeleteGroup => RequestBody::DeleteGroup(decode_delete_group_request(
+            root.body_as_delete_group_request().ok_or(missing)?,
+        )?),
     })
 }
 
@@ -1240,6 +1375,69 @@ impl Response {
                     Some(t.as_union_value()),
                 )
             }
+            ResponseBody::FindCoordinator(r) => {
+                let t = encode_find_coordinator_response(fbb, r);
+                (
+                    fb::ResponseBody::FindCoordinatorResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::JoinGroup(r) => {
+                let t = encode_join_group_response(fbb, r);
+                (
+                    fb::ResponseBody::JoinGroupResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::Heartbeat => {
+                let t = fb::HeartbeatResponse::create(fbb, &fb::HeartbeatResponseArgs {});
+                (
+                    fb::ResponseBody::HeartbeatResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::LeaveGroup => {
+                let t = fb::LeaveGroupResponse::create(fbb, &fb::LeaveGroupResponseArgs {});
+                (
+                    fb::ResponseBody::LeaveGroupResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::OffsetCommit(r) => {
+                let t = encode_offset_commit_response(fbb, r);
+                (
+                    fb::ResponseBody::OffsetCommitResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::OffsetFetch(r) => {
+                let t = encode_offset_fetch_response(fbb, r);
+                (
+                    fb::ResponseBody::OffsetFetchResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::ListGroups(r) => {
+                let t = encode_list_groups_response(fbb, r);
+                (
+                    fb::ResponseBody::ListGroupsResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::DescribeGroup(r) => {
+                let t = encode_describe_group_response(fbb, r);
+                (
+                    fb::ResponseBody::DescribeGroupResponse,
+                    Some(t.as_union_value()),
+                )
+            }
+            ResponseBody::DeleteGroup => {
+                let t = fb::DeleteGroupResponse::create(fbb, &fb::DeleteGroupResponseArgs {});
+                (
+                    fb::ResponseBody::DeleteGroupResponse,
+                    Some(t.as_union_value()),
+                )
+            }
         }
     }
 
@@ -1435,6 +1633,55 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
                     .unwrap_or_default(),
             })
         }
+        fb::ResponseBody::FindCoordinatorResponse => {
+            ResponseBody::FindCoordinator(decode_find_coordinator_response(
+                root.body_as_find_coordinator_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            )?)
+        }
+        fb::ResponseBody::JoinGroupResponse => ResponseBody::JoinGroup(decode_join_group_response(
+            root.body_as_join_group_response()
+                .ok_or(EnvelopeError::Missing("body"))?,
+        )?),
+        fb::ResponseBody::HeartbeatResponse => {
+            root.body_as_heartbeat_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
+            ResponseBody::Heartbeat
+        }
+        fb::ResponseBody::LeaveGroupResponse => {
+            root.body_as_leave_group_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
+            ResponseBody::LeaveGroup
+        }
+        fb::ResponseBody::OffsetCommitResponse => {
+            ResponseBody::OffsetCommit(decode_offset_commit_response(
+                root.body_as_offset_commit_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            )?)
+        }
+        fb::ResponseBody::OffsetFetchResponse => {
+            ResponseBody::OffsetFetch(decode_offset_fetch_response(
+                root.body_as_offset_fetch_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            )?)
+        }
+        fb::ResponseBody::ListGroupsResponse => {
+            ResponseBody::ListGroups(decode_list_groups_response(
+                root.body_as_list_groups_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            )?)
+        }
+        fb::ResponseBody::DescribeGroupResponse => {
+            ResponseBody::DescribeGroup(decode_describe_group_response(
+                root.body_as_describe_group_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            )?)
+        }
+        fb::ResponseBody::DeleteGroupResponse => {
+            root.body_as_delete_group_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
+            ResponseBody::DeleteGroup
+        }
         _ => ResponseBody::None,
     })
 }
@@ -1501,6 +1748,25 @@ mod tests {
                     partition_max_bytes: 1 << 20,
                 }],
             }],
+            fence: None,
+        }));
+        round_trip_request(RequestBody::Fetch(FetchRequest {
+            max_wait_ms: 250,
+            min_bytes: 16,
+            max_bytes: 4096,
+            topics: vec![FetchTopic {
+                name: "orders".into(),
+                partitions: vec![FetchPartition {
+                    partition: 3,
+                    fetch_offset: 99,
+                    partition_max_bytes: 2048,
+                }],
+            }],
+            fence: Some(FetchFence {
+                group: "billing".into(),
+                member_id: "billing-1-abc".into(),
+                generation: 4,
+            }),
         }));
         round_trip_request(RequestBody::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {
@@ -1510,6 +1776,79 @@ mod tests {
                     timestamp: LIST_OFFSETS_EARLIEST,
                 }],
             }],
+        }));
+        round_trip_request(RequestBody::FindCoordinator(FindCoordinatorRequest {
+            group: "billing".into(),
+        }));
+        round_trip_request(RequestBody::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            member_id: "billing-1-abc".into(),
+            instance_id: "host-a".into(),
+            client_id: "svc".into(),
+            mode: GroupMode::Broadcasting,
+            assignor: Assignor::RoundRobin,
+            topics: vec!["orders".into(), "refunds".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+        }));
+        // A first join: no member id, clustering, the default assignor.
+        round_trip_request(RequestBody::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            member_id: String::new(),
+            instance_id: String::new(),
+            client_id: String::new(),
+            mode: GroupMode::Clustering,
+            assignor: Assignor::Range,
+            topics: vec!["orders".into()],
+            session_timeout_ms: 6_000,
+            rebalance_timeout_ms: 9_000,
+        }));
+        round_trip_request(RequestBody::Heartbeat(HeartbeatRequest {
+            group: "billing".into(),
+            member_id: "billing-1-abc".into(),
+            generation: 7,
+        }));
+        round_trip_request(RequestBody::LeaveGroup(LeaveGroupRequest {
+            group: "billing".into(),
+            member_id: "billing-1-abc".into(),
+        }));
+        round_trip_request(RequestBody::OffsetCommit(OffsetCommitRequest {
+            group: "billing".into(),
+            member_id: "billing-1-abc".into(),
+            generation: 7,
+            instance_id: "host-a".into(),
+            topics: vec![OffsetCommitTopic {
+                name: "orders".into(),
+                partitions: vec![
+                    OffsetCommitPartition {
+                        partition: 2,
+                        offset: 1234,
+                        metadata: "ckpt".into(),
+                    },
+                    OffsetCommitPartition {
+                        partition: 5,
+                        offset: 0,
+                        metadata: String::new(),
+                    },
+                ],
+            }],
+        }));
+        round_trip_request(RequestBody::OffsetFetch(OffsetFetchRequest {
+            group: "billing".into(),
+            instance_id: "host-a".into(),
+            topics: Some(vec!["orders".into(), "refunds".into()]),
+        }));
+        round_trip_request(RequestBody::OffsetFetch(OffsetFetchRequest {
+            group: "billing".into(),
+            instance_id: String::new(),
+            topics: None,
+        }));
+        round_trip_request(RequestBody::ListGroups);
+        round_trip_request(RequestBody::DescribeGroup(DescribeGroupRequest {
+            group: "billing".into(),
+        }));
+        round_trip_request(RequestBody::DeleteGroup(DeleteGroupRequest {
+            group: "billing".into(),
         }));
     }
 
@@ -1595,10 +1934,305 @@ mod tests {
                     }],
                 }),
             ),
+            Response::error(
+                ApiKey::Heartbeat,
+                5,
+                ApiError::new(ErrorCode::RebalanceInProgress, "rebalancing"),
+            ),
+            // A header error next to a (empty) body: both travel.
+            Response {
+                error: Some(ApiError::new(
+                    ErrorCode::IllegalGeneration,
+                    "generation 3 < 4",
+                )),
+                ..Response::ok(ApiKey::LeaveGroup, 6, ResponseBody::LeaveGroup)
+            },
+            Response::ok(
+                ApiKey::FindCoordinator,
+                7,
+                ResponseBody::FindCoordinator(FindCoordinatorResponse {
+                    shard: 3,
+                    host: "10.0.0.7".into(),
+                    port: 7075,
+                    offsets_partition: 17,
+                }),
+            ),
+            Response::ok(
+                ApiKey::JoinGroup,
+                8,
+                ResponseBody::JoinGroup(JoinGroupResponse {
+                    member_id: "billing-1-abc".into(),
+                    generation: 4,
+                    mode: GroupMode::Broadcasting,
+                    assignor: Assignor::Range,
+                    assignment: vec![
+                        TopicPartitions {
+                            topic: "orders".into(),
+                            partitions: vec![0, 2, 5],
+                        },
+                        TopicPartitions {
+                            topic: "refunds".into(),
+                            partitions: vec![1],
+                        },
+                    ],
+                    heartbeat_interval_ms: 3_000,
+                    session_timeout_ms: 10_000,
+                    member_count: 3,
+                }),
+            ),
+            Response::ok(ApiKey::Heartbeat, 9, ResponseBody::Heartbeat),
+            Response::ok(ApiKey::LeaveGroup, 10, ResponseBody::LeaveGroup),
+            Response::ok(
+                ApiKey::OffsetCommit,
+                11,
+                ResponseBody::OffsetCommit(OffsetCommitResponse {
+                    topics: vec![OffsetCommitTopicResult {
+                        name: "orders".into(),
+                        partitions: vec![
+                            OffsetCommitPartitionResult {
+                                partition: 2,
+                                error: None,
+                            },
+                            OffsetCommitPartitionResult {
+                                partition: 9,
+                                error: Some(ApiError::new(
+                                    ErrorCode::UnknownTopicOrPartition,
+                                    "no partition 9",
+                                )),
+                            },
+                        ],
+                    }],
+                }),
+            ),
+            Response::ok(
+                ApiKey::OffsetFetch,
+                12,
+                ResponseBody::OffsetFetch(OffsetFetchResponse {
+                    offsets: vec![CommittedOffset {
+                        topic: "orders".into(),
+                        partition: 2,
+                        offset: 1234,
+                        metadata: "ckpt".into(),
+                        commit_time_ms: 1_700_000_000_000,
+                        instance_id: "host-a".into(),
+                    }],
+                }),
+            ),
+            Response::ok(
+                ApiKey::ListGroups,
+                13,
+                ResponseBody::ListGroups(ListGroupsResponse {
+                    groups: vec![
+                        GroupListing {
+                            group: "billing".into(),
+                            state: "stable".into(),
+                            mode: GroupMode::Broadcasting,
+                            generation: 4,
+                            members: 3,
+                            coordinator_shard: 2,
+                        },
+                        GroupListing {
+                            group: "audit".into(),
+                            state: "empty".into(),
+                            mode: GroupMode::Clustering,
+                            generation: 1,
+                            members: 0,
+                            coordinator_shard: 5,
+                        },
+                    ],
+                }),
+            ),
+            Response::ok(
+                ApiKey::DescribeGroup,
+                14,
+                ResponseBody::DescribeGroup(DescribeGroupResponse {
+                    group: "billing".into(),
+                    state: "stable".into(),
+                    mode: GroupMode::Broadcasting,
+                    assignor: Assignor::RoundRobin,
+                    generation: 4,
+                    coordinator_shard: 2,
+                    members: vec![GroupMember {
+                        member_id: "billing-1-abc".into(),
+                        instance_id: "host-a".into(),
+                        client_id: "svc".into(),
+                        topics: vec!["orders".into(), "refunds".into()],
+                        assignment: vec![TopicPartitions {
+                            topic: "orders".into(),
+                            partitions: vec![0, 1],
+                        }],
+                        since_heartbeat_ms: 250,
+                    }],
+                    offsets: vec![CommittedOffset {
+                        topic: "refunds".into(),
+                        partition: 1,
+                        offset: 77,
+                        metadata: "m".into(),
+                        commit_time_ms: 1_700_000_000_001,
+                        instance_id: "host-a".into(),
+                    }],
+                }),
+            ),
+            Response::ok(ApiKey::DeleteGroup, 15, ResponseBody::DeleteGroup),
         ];
         for resp in responses {
             let bytes = resp.encode(&mut fbb).to_vec();
             assert_eq!(Response::decode(&bytes).unwrap(), resp);
+        }
+    }
+
+    /// Builds a request envelope whose body is `body`, as `api`.
+    fn raw_request(
+        fbb: &mut Fbb,
+        api: ApiKey,
+        body_type: fb::RequestBody,
+        body: WIPOffset<flatbuffers::UnionWIPOffset>,
+    ) -> Vec<u8> {
+        let header = fb::RequestHeader::create(
+            fbb,
+            &fb::RequestHeaderArgs {
+                api: api.to_fb(),
+                version: API_VERSION,
+                correlation_id: 1,
+                client_id: None,
+            },
+        );
+        let root = fb::Request::create(
+            fbb,
+            &fb::RequestArgs {
+                header: Some(header),
+                body_type,
+                body: Some(body),
+            },
+        );
+        fbb.finish(root, None);
+        fbb.finished_data().to_vec()
+    }
+
+    #[test]
+    fn unknown_group_enums_are_invalid() {
+        let mut fbb = FlatBufferBuilder::new();
+        let group = fbb.create_string("g");
+        let t = fb::JoinGroupRequest::create(
+            &mut fbb,
+            &fb::JoinGroupRequestArgs {
+                group: Some(group),
+                mode: fb::GroupMode(9),
+                ..Default::default()
+            },
+        );
+        let bytes = raw_request(
+            &mut fbb,
+            ApiKey::JoinGroup,
+            fb::RequestBody::JoinGroupRequest,
+            t.as_union_value(),
+        );
+        let err = Request::decode(&bytes).unwrap_err();
+        assert!(matches!(err, EnvelopeError::Invalid { field: "mode", .. }));
+        assert_eq!(err.code(), ErrorCode::InvalidRequest);
+
+        let mut fbb = FlatBufferBuilder::new();
+        let group = fbb.create_string("g");
+        let t = fb::JoinGroupRequest::create(
+            &mut fbb,
+            &fb::JoinGroupRequestArgs {
+                group: Some(group),
+                assignor: fb::Assignor(-3),
+                ..Default::default()
+            },
+        );
+        let bytes = raw_request(
+            &mut fbb,
+            ApiKey::JoinGroup,
+            fb::RequestBody::JoinGroupRequest,
+            t.as_union_value(),
+        );
+        let err = Request::decode(&bytes).unwrap_err();
+        assert!(matches!(
+            err,
+            EnvelopeError::Invalid {
+                field: "assignor",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn group_request_without_required_group_is_refused() {
+        // An empty table where a FindCoordinatorRequest (group required) belongs.
+        let mut fbb = FlatBufferBuilder::new();
+        let start = fbb.start_table();
+        let t = fbb.end_table(start);
+        let bytes = raw_request(
+            &mut fbb,
+            ApiKey::FindCoordinator,
+            fb::RequestBody::FindCoordinatorRequest,
+            t.as_union_value(),
+        );
+        // `(required)` strings are enforced by the verifier: such an envelope
+        // never reaches the body decoders.
+        assert!(matches!(
+            Request::decode(&bytes).unwrap_err(),
+            EnvelopeError::Frame(FrameError::InvalidEnvelope(_))
+        ));
+    }
+
+    #[test]
+    fn group_request_with_mismatched_body_is_missing() {
+        let mut fbb = FlatBufferBuilder::new();
+        let t = fb::ListGroupsRequest::create(&mut fbb, &fb::ListGroupsRequestArgs {});
+        let bytes = raw_request(
+            &mut fbb,
+            ApiKey::Heartbeat,
+            fb::RequestBody::ListGroupsRequest,
+            t.as_union_value(),
+        );
+        assert!(matches!(
+            Request::decode(&bytes).unwrap_err(),
+            EnvelopeError::Missing(_)
+        ));
+    }
+
+    #[test]
+    fn fetch_fence_needs_a_group() {
+        let mut fbb = FlatBufferBuilder::new();
+        let req = Request::new(
+            3,
+            RequestBody::Fetch(FetchRequest {
+                max_wait_ms: 1,
+                min_bytes: 1,
+                max_bytes: 1,
+                topics: vec![],
+                fence: Some(FetchFence {
+                    group: String::new(),
+                    member_id: "m".into(),
+                    generation: 2,
+                }),
+            }),
+        );
+        let bytes = req.encode(&mut fbb).to_vec();
+        match Request::decode(&bytes).unwrap().body {
+            RequestBody::Fetch(f) => assert_eq!(f.fence, None),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_enums_map_to_fb() {
+        for mode in [GroupMode::Clustering, GroupMode::Broadcasting] {
+            assert_eq!(GroupMode::from_fb(mode.to_fb()), Some(mode));
+            assert_eq!(mode.name().parse::<GroupMode>(), Ok(mode));
+        }
+        for assignor in [Assignor::Sticky, Assignor::Range, Assignor::RoundRobin] {
+            assert_eq!(Assignor::from_fb(assignor.to_fb()), Some(assignor));
+            assert_eq!(assignor.name().parse::<Assignor>(), Ok(assignor));
+        }
+        // Every value the schema defines has an owned counterpart.
+        for &mode in fb::GroupMode::ENUM_VALUES {
+            assert!(GroupMode::from_fb(mode).is_some(), "{mode:?}");
+        }
+        for &assignor in fb::Assignor::ENUM_VALUES {
+            assert!(Assignor::from_fb(assignor).is_some(), "{assignor:?}");
         }
     }
 

@@ -29,10 +29,20 @@ pub enum ErrorCode {
     MalformedFrame = 19,
     ShuttingDown = 20,
     Throttled = 21,
+    NotCoordinator = 22,
+    CoordinatorLoading = 23,
+    RebalanceInProgress = 24,
+    IllegalGeneration = 25,
+    UnknownMemberId = 26,
+    GroupNotEmpty = 27,
+    GroupNotFound = 28,
+    InvalidGroupId = 29,
+    InconsistentGroupMode = 30,
+    InvalidSessionTimeout = 31,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -55,6 +65,16 @@ impl ErrorCode {
         ErrorCode::MalformedFrame,
         ErrorCode::ShuttingDown,
         ErrorCode::Throttled,
+        ErrorCode::NotCoordinator,
+        ErrorCode::CoordinatorLoading,
+        ErrorCode::RebalanceInProgress,
+        ErrorCode::IllegalGeneration,
+        ErrorCode::UnknownMemberId,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::GroupNotFound,
+        ErrorCode::InvalidGroupId,
+        ErrorCode::InconsistentGroupMode,
+        ErrorCode::InvalidSessionTimeout,
     ];
 
     pub fn from_i16(code: i16) -> ErrorCode {
@@ -90,6 +110,16 @@ impl ErrorCode {
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Throttled => "throttled",
+            ErrorCode::NotCoordinator => "not_coordinator",
+            ErrorCode::CoordinatorLoading => "coordinator_loading",
+            ErrorCode::RebalanceInProgress => "rebalance_in_progress",
+            ErrorCode::IllegalGeneration => "illegal_generation",
+            ErrorCode::UnknownMemberId => "unknown_member_id",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
+            ErrorCode::GroupNotFound => "group_not_found",
+            ErrorCode::InvalidGroupId => "invalid_group_id",
+            ErrorCode::InconsistentGroupMode => "inconsistent_group_mode",
+            ErrorCode::InvalidSessionTimeout => "invalid_session_timeout",
         }
     }
 
@@ -102,6 +132,8 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Throttled
                 | ErrorCode::DiskFull
+                | ErrorCode::NotCoordinator
+                | ErrorCode::CoordinatorLoading
         )
     }
 

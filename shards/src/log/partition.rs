@@ -762,10 +762,49 @@ impl PartitionLog {
             }
             victims
         };
+        self.remove_segment_files(victims).await
+    }
+
+    /// Deletes whole sealed, durable segments that end at or before
+    /// `offset` (used by the offsets topic's snapshot compaction once
+    /// everything below `offset` has been rewritten). Returns how many.
+    pub async fn delete_segments_before(&self, offset: i64) -> Result<usize, LogError> {
+        let sh = &self.shared;
+        let victims: Vec<Segment> = {
+            let mut st = sh.state.borrow_mut();
+            let mut victims = Vec::new();
+            loop {
+                let mut iter = st.segments.values();
+                let (Some(first), Some(second)) = (iter.next(), iter.next()) else {
+                    break;
+                };
+                if second.file.is_none()
+                    || !first.sealed
+                    || first.next_offset > st.durable
+                    || first.next_offset > offset
+                {
+                    break;
+                }
+                let base = first.base_offset;
+                victims.push(st.segments.remove(&base).expect("present"));
+            }
+            if !victims.is_empty() {
+                st.log_start = *st.segments.keys().next().expect("active remains");
+                st.stats.segments_deleted += victims.len() as u64;
+                sh.cache.truncate_before(sh.cache_key, st.log_start);
+            }
+            victims
+        };
+        self.remove_segment_files(victims).await
+    }
+
+    /// Unlinks the files of segments already taken out of the log state.
+    async fn remove_segment_files(&self, victims: Vec<Segment>) -> Result<usize, LogError> {
+        let sh = &self.shared;
         let count = victims.len();
         let mut first_err = None;
         for seg in victims {
-            tracing::info!(segment = %seg.log_path.display(), "retention: deleting segment");
+            tracing::info!(segment = %seg.log_path.display(), "deleting segment");
             // The handle is dropped, not closed: reads in flight on this
             // segment keep their own reference and finish normally.
             for (path, must_exist) in [

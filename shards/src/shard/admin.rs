@@ -56,7 +56,13 @@ impl Shard {
         let catalog = self.catalog();
         let names: Vec<String> = match request.topics {
             Some(names) if !names.is_empty() => names,
-            _ => catalog.topics.keys().cloned().collect(),
+            // Internal topics are listed only when asked for by name.
+            _ => catalog
+                .topics
+                .keys()
+                .filter(|name| !crate::catalog::is_internal_topic(name))
+                .cloned()
+                .collect(),
         };
         let topics = names
             .into_iter()

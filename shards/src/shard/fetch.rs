@@ -30,6 +30,15 @@ impl Shard {
     /// Completion of a fetch request (runs as its own task: a long poll never
     /// holds up the connection's other requests).
     pub(super) async fn fetch(self: Rc<Self>, request: FetchRequest) -> Reply {
+        if let Some(fence) = &request.fence {
+            for topic in &request.topics {
+                for p in &topic.partitions {
+                    if let Err(err) = self.check_fetch_fence(fence, &topic.name, p.partition) {
+                        return Reply::error(ApiKey::Fetch, err);
+                    }
+                }
+            }
+        }
         let max_wait_ms = request.max_wait_ms.min(MAX_WAIT_MS_LIMIT);
         // The response must fit in the frames clients accept: stay well below.
         let frame_budget_bytes = (self.config.max_frame_bytes / 2) as u32;

@@ -13,6 +13,7 @@
 
 mod admin;
 mod fetch;
+mod group;
 mod produce;
 
 use std::cell::{Cell, RefCell};
@@ -47,6 +48,11 @@ pub struct ShardConfig {
     pub tail_cache_bytes: usize,
     pub max_frame_bytes: usize,
     pub retention_check_ms: u64,
+    /// Partitions of `__consumer_offsets` when the broker creates it.
+    pub offsets_partitions: u32,
+    /// Segment size of `__consumer_offsets`; compaction runs past two of them.
+    pub offsets_segment_bytes: u64,
+    pub group_settings: crate::group::GroupSettings,
 }
 
 /// The answer to one request: a body (or a whole-request error) and the raw
@@ -99,6 +105,8 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Wakes long polls when shutdown begins.
     shutdown_event: event_listener::Event,
+    /// Consumer groups coordinated here, and every group's fence.
+    groups: group::GroupHost,
 }
 
 /// Where the controller keeps the catalog.
@@ -141,6 +149,17 @@ pub fn log_config(config: &TopicConfig) -> LogConfig {
     }
 }
 
+/// Settings of `__consumer_offsets`: never deleted by retention (only the
+/// snapshot compaction removes segments, once they are superseded).
+pub fn offsets_topic_config(config: &ShardConfig) -> TopicConfig {
+    TopicConfig {
+        retention_ms: -1,
+        retention_bytes: -1,
+        segment_bytes: config.offsets_segment_bytes,
+        ..config.default_topic_config.clone()
+    }
+}
+
 /// The storage layer's name for a durability level.
 pub fn log_acks(acks: Acks) -> crate::log::Acks {
     match acks {
@@ -161,7 +180,13 @@ impl Shard {
     ) -> Result<Rc<Shard>, String> {
         assert_eq!(config.shard, mesh.shard());
         assert_eq!(config.shard_count, mesh.shard_count());
-        let catalog = load_catalog(&storage, &config.data_dir).await?;
+        let catalog = load_catalog(&storage, &config.data_dir)
+            .await?
+            .with_internal_topic(
+                crate::group::OFFSETS_TOPIC,
+                config.offsets_partitions,
+                offsets_topic_config(&config),
+            );
         let shard = Rc::new(Shard {
             cache: TailCache::new(config.tail_cache_bytes),
             config,
@@ -173,6 +198,7 @@ impl Shard {
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
             shutdown_event: event_listener::Event::new(),
+            groups: group::GroupHost::default(),
         });
         shard.apply_catalog(Arc::new(catalog)).await;
         Ok(shard)
@@ -245,6 +271,15 @@ impl Shard {
             RequestBody::ApiVersions => Box::pin(future::ready(self.api_versions())),
             RequestBody::CreateTopics(req) => Box::pin(self.clone().create_topics(req)),
             RequestBody::DeleteTopics(req) => Box::pin(self.clone().delete_topics(req)),
+            body => {
+                let shard = self.clone();
+                Box::pin(async move {
+                    match shard.group_request(body).await {
+                        Ok(response) => Reply::ok(api, response),
+                        Err(err) => Reply::error(api, err),
+                    }
+                })
+            }
         }
     }
 
@@ -319,6 +354,16 @@ impl Shard {
             ShardRequest::Histograms => Box::pin(future::ready(ShardResponse::Histograms(
                 Box::new(self.histograms()),
             ))),
+            ShardRequest::Group(body) => {
+                Box::pin(async move { ShardResponse::Group(self.group_call(body).await) })
+            }
+            ShardRequest::GroupFence { group, fence } => {
+                self.install_fence(&group, fence);
+                Box::pin(future::ready(ShardResponse::FenceInstalled))
+            }
+            ShardRequest::CommittedOffsets => Box::pin(future::ready(
+                ShardResponse::CommittedOffsets(self.local_committed_offsets()),
+            )),
         }
     }
 
@@ -338,9 +383,13 @@ impl Shard {
         for entry in next.topics.values() {
             if !self.partitions.borrow().contains_key(&entry.name) {
                 self.open_topic(entry).await;
+                if entry.name == crate::group::OFFSETS_TOPIC {
+                    self.load_groups(entry).await;
+                }
             }
         }
         *self.catalog.borrow_mut() = next.clone();
+        self.groups_on_catalog();
         let removed: Vec<String> = self
             .partitions
             .borrow()
@@ -380,6 +429,15 @@ impl Shard {
         self.partitions
             .borrow_mut()
             .insert(entry.name.clone(), slots);
+    }
+
+    /// Replays the offsets partitions this shard owns into its groups.
+    async fn load_groups(&self, entry: &TopicEntry) {
+        for partition in 0..entry.partitions {
+            if self.owner(&entry.name, partition) == self.id() {
+                self.load_offsets_partition(partition).await;
+            }
+        }
     }
 
     async fn drop_topic(&self, name: &str) {

@@ -1,4 +1,5 @@
-//! ringctl: topic admin, produce, consume and log verification for ringmq.
+//! ringctl: topic and consumer-group admin, produce, consume and log
+//! verification for ringmq.
 //!
 //! The command spellings are a contract checked by outside scripts.
 //! Exit codes: 0 ok, 1 runtime error, 2 usage error.
@@ -7,9 +8,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ringmq_client::{Acks, Client, ClientConfig, Compression, StartFrom};
-use ringmq_tools::consume::{ConsumeArgs, Format};
+use ringmq_tools::consume::{ConsumeArgs, Format, GroupArgs};
 use ringmq_tools::produce::ProduceArgs;
-use ringmq_tools::{consume, log_verify, produce, topic};
+use ringmq_tools::{consume, group, log_verify, produce, topic};
+
+/// Session timeout of `consume --group` unless `--session-timeout-ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 
 #[derive(Parser)]
 #[command(
@@ -60,15 +64,34 @@ enum Command {
     /// Print messages, one per line.
     Consume {
         topic: String,
-        /// earliest, latest, an OFFSET, or @TIMESTAMP_MS.
-        #[arg(long, value_parser = parse_start)]
-        from: StartFrom,
+        /// earliest, latest, an OFFSET, or @TIMESTAMP_MS. With --group:
+        /// where partitions without a committed offset start, earliest
+        /// (default) or latest.
+        #[arg(long, value_parser = parse_start, required_unless_present = "group")]
+        from: Option<StartFrom>,
         /// Exit after N messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
         /// Only this partition (default: all).
-        #[arg(long, value_name = "P")]
+        #[arg(long, value_name = "P", conflicts_with = "group")]
         partition: Option<u32>,
+        /// Consume as a member of consumer group G: the group assigns the
+        /// partitions, and what was printed is committed.
+        #[arg(long, value_name = "G")]
+        group: Option<String>,
+        /// With --group: broadcasting mode, every member reads every
+        /// partition and keeps its own offsets.
+        #[arg(long, requires = "group")]
+        broadcast: bool,
+        /// With --group --broadcast: the stable name this consumer's offsets
+        /// are kept under; reuse it to resume after a restart (default: a
+        /// fresh one, so a restart begins at --from).
+        #[arg(long, value_name = "ID", requires = "group")]
+        instance_id: Option<String>,
+        /// With --group: the broker drops this consumer after this long
+        /// without a heartbeat [default: 10000].
+        #[arg(long, value_name = "MS", requires = "group")]
+        session_timeout_ms: Option<u32>,
         /// value: raw values; json: one object per line.
         #[arg(long, value_enum, default_value = "value")]
         format: Format,
@@ -78,6 +101,11 @@ enum Command {
         /// Exit 0 once no message arrived for this long.
         #[arg(long, value_name = "MS")]
         idle_timeout_ms: Option<u64>,
+    },
+    /// List, describe, reset and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// Offline log inspection.
     Log {
@@ -110,6 +138,38 @@ enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List consumer groups (one line each).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a group's members, assignments, committed offsets and lag.
+    Describe {
+        group: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a group's committed offsets of every partition of a topic. The
+    /// broker refuses while the group has live members.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest, an OFFSET (clamped into each partition's log)
+        /// or @TIMESTAMP_MS.
+        #[arg(long, value_parser = parse_start)]
+        to: StartFrom,
+        /// Broadcasting groups: whose offsets to set.
+        #[arg(long, value_name = "ID")]
+        instance_id: Option<String>,
+    },
+    /// Delete a group and its committed offsets. The broker refuses while
+    /// the group has live members.
+    Delete { group: String },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +238,10 @@ fn run(cli: Cli) -> i32 {
             format,
             max_wait_ms,
             idle_timeout_ms,
+            group,
+            broadcast,
+            instance_id,
+            session_timeout_ms,
         } => {
             let client = match connect(&cli.broker) {
                 Ok(c) => c,
@@ -185,14 +249,46 @@ fn run(cli: Cli) -> i32 {
             };
             let args = ConsumeArgs {
                 topic,
-                from,
+                // clap requires --from unless --group is given.
+                from: from.unwrap_or(StartFrom::Earliest),
                 count,
                 partition,
                 format,
                 max_wait_ms,
                 idle_timeout_ms,
             };
-            consume::run(client, &args)
+            match group {
+                None => consume::run(client, &args),
+                Some(group) => {
+                    let group_args = GroupArgs {
+                        group,
+                        broadcast,
+                        instance_id,
+                        session_timeout_ms: session_timeout_ms
+                            .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS),
+                    };
+                    consume::run_group(client, &args, &group_args)
+                }
+            }
+        }
+        Command::Group { command } => {
+            let client = match connect(&cli.broker) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match command {
+                GroupCommand::List { json } => group::list(&client, json),
+                GroupCommand::Describe { group: name, json } => {
+                    group::describe(&client, &name, json)
+                }
+                GroupCommand::ResetOffsets {
+                    group: name,
+                    topic,
+                    to,
+                    instance_id,
+                } => group::reset_offsets(&client, &name, &topic, to, instance_id.as_deref()),
+                GroupCommand::Delete { group: name } => group::delete(&client, &name),
+            }
         }
         Command::Topic { command } => {
             let client = match connect(&cli.broker) {
