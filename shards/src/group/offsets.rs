@@ -113,15 +113,12 @@ impl OffsetsRecord {
                 out
             }),
             OffsetsRecord::Group { meta, .. } => meta.as_ref().map(|m| {
-                vec![
-                    VALUE_VERSION,
-                    (m.generation as u32 >> 24) as u8,
-                    (m.generation as u32 >> 16) as u8,
-                    (m.generation as u32 >> 8) as u8,
-                    m.generation as u32 as u8,
-                    mode_id(m.mode),
-                    assignor_id(m.assignor),
-                ]
+                let mut out = Vec::with_capacity(7);
+                out.push(VALUE_VERSION);
+                out.extend_from_slice(&m.generation.to_be_bytes());
+                out.push(mode_id(m.mode));
+                out.push(assignor_id(m.assignor));
+                out
             }),
         }
     }

@@ -174,7 +174,6 @@ impl Shard {
                 "this group's coordinator is still loading its offsets; retry shortly",
             ));
         }
-        let log = self.local_log(OFFSETS_TOPIC, partition)?;
         match body {
             RequestBody::JoinGroup(r) => self.join_group(r).await,
             RequestBody::Heartbeat(r) => {
@@ -188,10 +187,13 @@ impl Shard {
                 self.try_complete(&r.group);
                 Ok(ResponseBody::LeaveGroup)
             }
-            RequestBody::OffsetCommit(r) => self.offset_commit(r, partition, log).await,
+            RequestBody::OffsetCommit(r) => {
+                let log = self.local_log(OFFSETS_TOPIC, partition)?;
+                self.offset_commit(r, partition, log).await
+            }
             RequestBody::OffsetFetch(r) => self.offset_fetch(r),
             RequestBody::DescribeGroup(r) => self.describe_group(&r.group),
-            RequestBody::DeleteGroup(r) => self.delete_group(&r.group, log).await,
+            RequestBody::DeleteGroup(r) => self.delete_group(&r.group).await,
             other => unreachable!("not a coordinator request: {:?}", other.api()),
         }
     }
@@ -610,7 +612,7 @@ impl Shard {
         }))
     }
 
-    async fn delete_group(self: Rc<Self>, group: &str, log: Rc<PartitionLog>) -> GroupResult {
+    async fn delete_group(self: Rc<Self>, group: &str) -> GroupResult {
         {
             let groups = self.groups.groups.borrow();
             let slot = groups.get(group).ok_or_else(|| group_not_found(group))?;
@@ -632,7 +634,6 @@ impl Shard {
         self.groups.groups.borrow_mut().remove(group);
         durable.await.map_err(|e| log_error_to_api(&e))?;
         self.publish_fence(group.to_string(), None);
-        drop(log);
         Ok(ResponseBody::DeleteGroup)
     }
 
