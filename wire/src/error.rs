@@ -39,10 +39,16 @@ pub enum ErrorCode {
     InvalidGroupId = 29,
     InconsistentGroupMode = 30,
     InvalidSessionTimeout = 31,
+    /// An idempotent producer's batch does not follow its last sequence.
+    OutOfOrderSequenceNumber = 32,
+    /// An idempotent producer's epoch is older than the partition has seen.
+    InvalidProducerEpoch = 33,
+    /// A member's protocol type or protocols do not match the group's.
+    InconsistentGroupProtocol = 34,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -75,6 +81,9 @@ impl ErrorCode {
         ErrorCode::InvalidGroupId,
         ErrorCode::InconsistentGroupMode,
         ErrorCode::InvalidSessionTimeout,
+        ErrorCode::OutOfOrderSequenceNumber,
+        ErrorCode::InvalidProducerEpoch,
+        ErrorCode::InconsistentGroupProtocol,
     ];
 
     pub fn from_i16(code: i16) -> ErrorCode {
@@ -120,6 +129,9 @@ impl ErrorCode {
             ErrorCode::InvalidGroupId => "invalid_group_id",
             ErrorCode::InconsistentGroupMode => "inconsistent_group_mode",
             ErrorCode::InvalidSessionTimeout => "invalid_session_timeout",
+            ErrorCode::OutOfOrderSequenceNumber => "out_of_order_sequence_number",
+            ErrorCode::InvalidProducerEpoch => "invalid_producer_epoch",
+            ErrorCode::InconsistentGroupProtocol => "inconsistent_group_protocol",
         }
     }
 

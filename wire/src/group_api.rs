@@ -516,6 +516,7 @@ pub(crate) fn encode_join_group_request(
             topics: Some(topics),
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
+            ..Default::default()
         },
     )
 }
@@ -553,6 +554,7 @@ pub(crate) fn encode_join_group_response(
             heartbeat_interval_ms: r.heartbeat_interval_ms,
             session_timeout_ms: r.session_timeout_ms,
             member_count: r.member_count,
+            ..Default::default()
         },
     )
 }
@@ -930,6 +932,7 @@ pub(crate) fn encode_describe_group_response(
                     topics: Some(topics),
                     assignment: Some(assignment),
                     since_heartbeat_ms: m.since_heartbeat_ms,
+                    ..Default::default()
                 },
             )
         })
@@ -947,6 +950,7 @@ pub(crate) fn encode_describe_group_response(
             coordinator_shard: r.coordinator_shard,
             members: Some(members),
             offsets: Some(offsets),
+            ..Default::default()
         },
     )
 }
