@@ -77,7 +77,7 @@ proc_cpu() {
 start_broker() {
     local shards=$1
     mkdir -p "$DATA"
-    "$BROKER_BIN" serve --data-dir "$DATA" --listen "$BROKER" --http "$HTTP" \
+    "$BROKER_BIN" serve --data-dir "$DATA" --listen "$BROKER" --http "$HTTP" --kafka off \
         --shard-port-base 0 --shards "$shards" >>"$OUT/broker.log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 1 200); do

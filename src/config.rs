@@ -48,6 +48,23 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
 
+    /// Kafka protocol listener (DESIGN.md 3.7), shared by every shard like
+    /// the native port; `off` disables it.
+    #[arg(long, env = "RINGMQ_KAFKA", default_value = "127.0.0.1:9092")]
+    pub kafka: KafkaListen,
+
+    /// First per-shard Kafka port: shard N is Kafka broker (node id) N and
+    /// listens on BASE+N. Default: the Kafka port + 10 (9102, 9103, ...).
+    /// 0 binds ephemeral ports (tests); Metadata reports the real ones.
+    #[arg(long, env = "RINGMQ_KAFKA_SHARD_PORT_BASE")]
+    pub kafka_shard_port_base: Option<u16>,
+
+    /// Host Kafka clients should use to reach the per-shard brokers.
+    /// Default: --advertise-host, else the Kafka listen host (127.0.0.1
+    /// for a wildcard address).
+    #[arg(long, env = "RINGMQ_KAFKA_ADVERTISE_HOST")]
+    pub kafka_advertise_host: Option<String>,
+
     /// Number of shards (executors). Default: one per CPU in --cpus, or one
     /// per online CPU.
     #[arg(long, env = "RINGMQ_SHARDS")]
@@ -136,6 +153,25 @@ pub struct ServeArgs {
 }
 
 /// Parses a CPU list such as "0-3,6,8-9".
+/// `--kafka`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for KafkaListen {
+    type Err = String;
+    fn from_str(text: &str) -> Result<KafkaListen, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(KafkaListen::Off);
+        }
+        text.parse().map(KafkaListen::On).map_err(|_| {
+            format!("--kafka {text:?} is neither HOST:PORT (e.g. 127.0.0.1:9092) nor \"off\"")
+        })
+    }
+}
+
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -164,6 +200,16 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_listen() {
+        assert_eq!("off".parse::<KafkaListen>().unwrap(), KafkaListen::Off);
+        assert_eq!(
+            "127.0.0.1:9092".parse::<KafkaListen>().unwrap(),
+            KafkaListen::On("127.0.0.1:9092".parse().unwrap())
+        );
+        assert!("nope".parse::<KafkaListen>().is_err());
+    }
 
     #[test]
     fn cpu_lists() {

@@ -22,6 +22,7 @@ fn join_request(group: &str, member_id: &str, rebalance_timeout_ms: u32) -> Requ
         topics: vec!["orders".into()],
         session_timeout_ms: 10_000,
         rebalance_timeout_ms,
+        ..Default::default()
     })
 }
 

@@ -926,6 +926,7 @@ mod tests {
             topics: vec!["t".into()],
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 30_000,
+            ..Default::default()
         });
         // The broker may hold a join for the rebalance timeout plus grace.
         assert_eq!(extra_wait_ms(&join), 30_000 + JOIN_GRACE_MS);

@@ -498,6 +498,7 @@ impl GroupConsumer {
             topics: self.topics.clone(),
             session_timeout_ms: self.config.session_timeout_ms,
             rebalance_timeout_ms: self.config.rebalance_timeout_ms,
+            ..Default::default()
         });
         let shared = self.shared.clone();
         self.coordinator

@@ -465,6 +465,7 @@ impl FakeGroup {
             heartbeat_interval_ms: 50,
             session_timeout_ms: j.session_timeout_ms,
             member_count: 1,
+            ..Default::default()
         })
     }
 

@@ -102,6 +102,39 @@ pub fn requests() -> Vec<Request> {
             topics: vec!["orders".into(), "refunds".into()],
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: u32::MAX,
+            protocol_type: String::new(),
+            protocols: Vec::new(),
+        }),
+        RequestBody::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 45_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![GroupProtocol {
+                name: "range".into(),
+                metadata: vec![0, 3, 0, 0],
+            }],
+            ..Default::default()
+        }),
+        RequestBody::SyncGroup(SyncGroupRequest {
+            group: "billing".into(),
+            member_id: "m-1".into(),
+            generation: 2,
+            assignments: vec![MemberAssignment {
+                member_id: "m-1".into(),
+                assignment: vec![1, 2, 3],
+                partitions: vec![TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![0],
+                }],
+            }],
+        }),
+        RequestBody::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![NewPartitions {
+                name: "orders".into(),
+                count: u32::MAX,
+            }],
+            timeout_ms: 0,
         }),
         RequestBody::Heartbeat(HeartbeatRequest {
             group: "billing".into(),

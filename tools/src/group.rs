@@ -385,8 +385,10 @@ mod tests {
                     partitions: vec![0, 2],
                 }],
                 since_heartbeat_ms: 5,
+                ..Default::default()
             }],
             offsets: vec![],
+            ..Default::default()
         };
         let rows = vec![OffsetRow {
             topic: "t".into(),

@@ -34,10 +34,12 @@ pub enum ApiKey {
     ListGroups,
     DescribeGroup,
     DeleteGroup,
+    SyncGroup,
+    CreatePartitions,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -54,6 +56,8 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
         ApiKey::DeleteGroup,
+        ApiKey::SyncGroup,
+        ApiKey::CreatePartitions,
     ];
 
     pub fn to_fb(self) -> fb::ApiKey {
@@ -74,6 +78,8 @@ impl ApiKey {
             ApiKey::ListGroups => fb::ApiKey::ListGroups,
             ApiKey::DescribeGroup => fb::ApiKey::DescribeGroup,
             ApiKey::DeleteGroup => fb::ApiKey::DeleteGroup,
+            ApiKey::SyncGroup => fb::ApiKey::SyncGroup,
+            ApiKey::CreatePartitions => fb::ApiKey::CreatePartitions,
         }
     }
 
@@ -100,6 +106,8 @@ impl ApiKey {
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
             ApiKey::DeleteGroup => "delete_group",
+            ApiKey::SyncGroup => "sync_group",
+            ApiKey::CreatePartitions => "create_partitions",
         }
     }
 }
@@ -208,6 +216,8 @@ pub enum RequestBody {
     ListGroups,
     DescribeGroup(DescribeGroupRequest),
     DeleteGroup(DeleteGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    CreatePartitions(CreatePartitionsRequest),
 }
 
 impl RequestBody {
@@ -229,6 +239,8 @@ impl RequestBody {
             RequestBody::ListGroups => ApiKey::ListGroups,
             RequestBody::DescribeGroup(_) => ApiKey::DescribeGroup,
             RequestBody::DeleteGroup(_) => ApiKey::DeleteGroup,
+            RequestBody::SyncGroup(_) => ApiKey::SyncGroup,
+            RequestBody::CreatePartitions(_) => ApiKey::CreatePartitions,
         }
     }
 }
@@ -255,6 +267,19 @@ pub struct CreateTopicsRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteTopicsRequest {
     pub names: Vec<String>,
+    pub timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPartitions {
+    pub name: String,
+    /// The topic's new partition count (partitions only grow).
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatePartitionsRequest {
+    pub topics: Vec<NewPartitions>,
     pub timeout_ms: u32,
 }
 
@@ -349,6 +374,8 @@ pub enum ResponseBody {
     ListGroups(ListGroupsResponse),
     DescribeGroup(DescribeGroupResponse),
     DeleteGroup,
+    SyncGroup(SyncGroupResponse),
+    CreatePartitions(TopicResults),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -840,6 +867,35 @@ impl Request {
                 let t = encode_describe_group_request(fbb, r);
                 (fb::RequestBody::DescribeGroupRequest, t.as_union_value())
             }
+            RequestBody::SyncGroup(r) => {
+                let t = encode_sync_group_request(fbb, r);
+                (fb::RequestBody::SyncGroupRequest, t.as_union_value())
+            }
+            RequestBody::CreatePartitions(c) => {
+                let topics: Vec<_> = c
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        let name = fbb.create_string(&t.name);
+                        fb::NewPartitions::create(
+                            fbb,
+                            &fb::NewPartitionsArgs {
+                                name: Some(name),
+                                count: t.count,
+                            },
+                        )
+                    })
+                    .collect();
+                let topics = fbb.create_vector(&topics);
+                let t = fb::CreatePartitionsRequest::create(
+                    fbb,
+                    &fb::CreatePartitionsRequestArgs {
+                        topics: Some(topics),
+                        timeout_ms: c.timeout_ms,
+                    },
+                );
+                (fb::RequestBody::CreatePartitionsRequest, t.as_union_value())
+            }
             RequestBody::DeleteGroup(r) => {
                 let t = encode_delete_group_request(fbb, r);
                 (fb::RequestBody::DeleteGroupRequest, t.as_union_value())
@@ -1069,6 +1125,27 @@ fn decode_request_body(api: ApiKey, root: &fb::Request<'_>) -> Result<RequestBod
         ApiKey::DeleteGroup => RequestBody::DeleteGroup(decode_delete_group_request(
             root.body_as_delete_group_request().ok_or(missing)?,
         )?),
+        ApiKey::SyncGroup => RequestBody::SyncGroup(decode_sync_group_request(
+            root.body_as_sync_group_request().ok_or(missing)?,
+        )?),
+        ApiKey::CreatePartitions => {
+            let c = root.body_as_create_partitions_request().ok_or(missing)?;
+            let topics = c
+                .topics()
+                .map(|v| {
+                    v.iter()
+                        .map(|t| NewPartitions {
+                            name: t.name().to_string(),
+                            count: t.count(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            RequestBody::CreatePartitions(CreatePartitionsRequest {
+                topics,
+                timeout_ms: c.timeout_ms(),
+            })
+        }
     })
 }
 
@@ -1438,6 +1515,23 @@ impl Response {
                     Some(t.as_union_value()),
                 )
             }
+            ResponseBody::SyncGroup(r) => {
+                let t = encode_sync_group_response(fbb, r);
+                (fb::ResponseBody::SyncGroupResponse, Some(t.as_union_value()))
+            }
+            ResponseBody::CreatePartitions(r) => {
+                let results = enc_topic_results(fbb, r);
+                let t = fb::CreatePartitionsResponse::create(
+                    fbb,
+                    &fb::CreatePartitionsResponseArgs {
+                        results: Some(results),
+                    },
+                );
+                (
+                    fb::ResponseBody::CreatePartitionsResponse,
+                    Some(t.as_union_value()),
+                )
+            }
         }
     }
 
@@ -1682,6 +1776,18 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
                 .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::DeleteGroup
         }
+        fb::ResponseBody::SyncGroupResponse => {
+            ResponseBody::SyncGroup(decode_sync_group_response(
+                root.body_as_sync_group_response()
+                    .ok_or(EnvelopeError::Missing("body"))?,
+            ))
+        }
+        fb::ResponseBody::CreatePartitionsResponse => {
+            let c = root
+                .body_as_create_partitions_response()
+                .ok_or(EnvelopeError::Missing("body"))?;
+            ResponseBody::CreatePartitions(dec_topic_results(c.results()))
+        }
         _ => ResponseBody::None,
     })
 }
@@ -1790,6 +1896,48 @@ mod tests {
             topics: vec!["orders".into(), "refunds".into()],
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 30_000,
+            protocol_type: String::new(),
+            protocols: Vec::new(),
+        }));
+        // Client-side assignment (Kafka's classic protocol).
+        round_trip_request(RequestBody::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            client_id: "rdkafka".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 300_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![
+                GroupProtocol {
+                    name: "range".into(),
+                    metadata: vec![0, 1, 2, 3],
+                },
+                GroupProtocol {
+                    name: "roundrobin".into(),
+                    metadata: Vec::new(),
+                },
+            ],
+            ..Default::default()
+        }));
+        round_trip_request(RequestBody::SyncGroup(SyncGroupRequest {
+            group: "billing".into(),
+            member_id: "rdkafka-1".into(),
+            generation: 3,
+            assignments: vec![MemberAssignment {
+                member_id: "rdkafka-1".into(),
+                assignment: vec![9, 8, 7],
+                partitions: vec![TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![0, 1],
+                }],
+            }],
+        }));
+        round_trip_request(RequestBody::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![NewPartitions {
+                name: "orders".into(),
+                count: 12,
+            }],
+            timeout_ms: 5_000,
         }));
         // A first join: no member id, clustering, the default assignor.
         round_trip_request(RequestBody::JoinGroup(JoinGroupRequest {
@@ -1802,6 +1950,8 @@ mod tests {
             topics: vec!["orders".into()],
             session_timeout_ms: 6_000,
             rebalance_timeout_ms: 9_000,
+            protocol_type: String::new(),
+            protocols: Vec::new(),
         }));
         round_trip_request(RequestBody::Heartbeat(HeartbeatRequest {
             group: "billing".into(),
@@ -1978,6 +2128,13 @@ mod tests {
                     heartbeat_interval_ms: 3_000,
                     session_timeout_ms: 10_000,
                     member_count: 3,
+                    protocol_name: "range".into(),
+                    leader_id: "billing-1-abc".into(),
+                    members: vec![JoinGroupMember {
+                        member_id: "billing-1-abc".into(),
+                        instance_id: String::new(),
+                        metadata: vec![1, 2],
+                    }],
                 }),
             ),
             Response::ok(ApiKey::Heartbeat, 9, ResponseBody::Heartbeat),
@@ -2062,6 +2219,8 @@ mod tests {
                             partitions: vec![0, 1],
                         }],
                         since_heartbeat_ms: 250,
+                        metadata: vec![4],
+                        assignment_bytes: vec![5, 6],
                     }],
                     offsets: vec![CommittedOffset {
                         topic: "refunds".into(),
@@ -2071,9 +2230,29 @@ mod tests {
                         commit_time_ms: 1_700_000_000_001,
                         instance_id: "host-a".into(),
                     }],
+                    protocol_type: "consumer".into(),
+                    protocol_name: "range".into(),
                 }),
             ),
             Response::ok(ApiKey::DeleteGroup, 15, ResponseBody::DeleteGroup),
+            Response::ok(
+                ApiKey::SyncGroup,
+                16,
+                ResponseBody::SyncGroup(SyncGroupResponse {
+                    protocol_name: "range".into(),
+                    assignment: vec![0, 1, 0, 0],
+                }),
+            ),
+            Response::ok(
+                ApiKey::CreatePartitions,
+                17,
+                ResponseBody::CreatePartitions(TopicResults {
+                    results: vec![TopicResult {
+                        name: "orders".into(),
+                        error: None,
+                    }],
+                }),
+            ),
         ];
         for resp in responses {
             let bytes = resp.encode(&mut fbb).to_vec();

@@ -147,7 +147,15 @@ pub struct FindCoordinatorResponse {
     pub offsets_partition: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One protocol a member of a client-side assignment group supports, with
+/// its (opaque to the broker) metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JoinGroupRequest {
     pub group: String,
     /// Empty on the first join.
@@ -160,9 +168,30 @@ pub struct JoinGroupRequest {
     pub topics: Vec<String>,
     pub session_timeout_ms: u32,
     pub rebalance_timeout_ms: u32,
+    /// Client-side assignment (Kafka's classic protocol) when not empty:
+    /// the coordinator elects a leader and relays its assignment through
+    /// SyncGroup instead of assigning partitions itself.
+    pub protocol_type: String,
+    /// In order of preference (client-side assignment only).
+    pub protocols: Vec<GroupProtocol>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl JoinGroupRequest {
+    pub fn is_client_assigned(&self) -> bool {
+        !self.protocol_type.is_empty()
+    }
+}
+
+/// A member as the leader of a client-side assignment group sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JoinGroupMember {
+    pub member_id: String,
+    pub instance_id: String,
+    /// Its metadata for the chosen protocol.
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JoinGroupResponse {
     pub member_id: String,
     pub generation: i32,
@@ -172,6 +201,37 @@ pub struct JoinGroupResponse {
     pub heartbeat_interval_ms: u32,
     pub session_timeout_ms: u32,
     pub member_count: u32,
+    /// Client-side assignment only: the protocol chosen for this generation.
+    pub protocol_name: String,
+    pub leader_id: String,
+    /// Filled for the leader only.
+    pub members: Vec<JoinGroupMember>,
+}
+
+/// The leader's assignment for one member (client-side assignment).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberAssignment {
+    pub member_id: String,
+    /// Relayed to the member as is.
+    pub assignment: Vec<u8>,
+    /// The same assignment decoded, where the sender understands the
+    /// protocol (Kafka's "consumer"): for describe, lag and fencing.
+    pub partitions: Vec<TopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncGroupRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: i32,
+    /// From the leader only.
+    pub assignments: Vec<MemberAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncGroupResponse {
+    pub protocol_name: String,
+    pub assignment: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,7 +332,7 @@ pub struct DescribeGroupRequest {
     pub group: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupMember {
     pub member_id: String,
     pub instance_id: String,
@@ -280,9 +340,13 @@ pub struct GroupMember {
     pub topics: Vec<String>,
     pub assignment: Vec<TopicPartitions>,
     pub since_heartbeat_ms: u32,
+    /// Client-side assignment groups: protocol metadata and the opaque
+    /// assignment.
+    pub metadata: Vec<u8>,
+    pub assignment_bytes: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DescribeGroupResponse {
     pub group: String,
     pub state: String,
@@ -292,6 +356,9 @@ pub struct DescribeGroupResponse {
     pub coordinator_shard: u16,
     pub members: Vec<GroupMember>,
     pub offsets: Vec<CommittedOffset>,
+    /// Empty for server-side assignment groups.
+    pub protocol_type: String,
+    pub protocol_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,6 +571,23 @@ pub(crate) fn encode_join_group_request(
     let instance_id = enc_opt_string(fbb, &r.instance_id);
     let client_id = enc_opt_string(fbb, &r.client_id);
     let topics = enc_strings(fbb, &r.topics);
+    let protocol_type = enc_opt_string(fbb, &r.protocol_type);
+    let protocols: Vec<_> = r
+        .protocols
+        .iter()
+        .map(|p| {
+            let name = fbb.create_string(&p.name);
+            let metadata = fbb.create_vector(&p.metadata);
+            fb::GroupProtocol::create(
+                fbb,
+                &fb::GroupProtocolArgs {
+                    name: Some(name),
+                    metadata: Some(metadata),
+                },
+            )
+        })
+        .collect();
+    let protocols = (!protocols.is_empty()).then(|| fbb.create_vector(&protocols));
     fb::JoinGroupRequest::create(
         fbb,
         &fb::JoinGroupRequestArgs {
@@ -516,7 +600,8 @@ pub(crate) fn encode_join_group_request(
             topics: Some(topics),
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
-            ..Default::default()
+            protocol_type,
+            protocols,
         },
     )
 }
@@ -534,6 +619,18 @@ pub(crate) fn decode_join_group_request(
         topics: dec_strings(r.topics()),
         session_timeout_ms: r.session_timeout_ms(),
         rebalance_timeout_ms: r.rebalance_timeout_ms(),
+        protocol_type: r.protocol_type().unwrap_or("").to_string(),
+        protocols: r
+            .protocols()
+            .map(|v| {
+                v.iter()
+                    .map(|p| GroupProtocol {
+                        name: p.name().to_string(),
+                        metadata: dec_bytes(p.metadata()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -543,6 +640,26 @@ pub(crate) fn encode_join_group_response(
 ) -> WIPOffset<fb::JoinGroupResponse<'static>> {
     let member_id = fbb.create_string(&r.member_id);
     let assignment = enc_topic_partitions(fbb, &r.assignment);
+    let protocol_name = enc_opt_string(fbb, &r.protocol_name);
+    let leader_id = enc_opt_string(fbb, &r.leader_id);
+    let members: Vec<_> = r
+        .members
+        .iter()
+        .map(|m| {
+            let member_id = fbb.create_string(&m.member_id);
+            let instance_id = enc_opt_string(fbb, &m.instance_id);
+            let metadata = fbb.create_vector(&m.metadata);
+            fb::JoinGroupMember::create(
+                fbb,
+                &fb::JoinGroupMemberArgs {
+                    member_id: Some(member_id),
+                    instance_id,
+                    metadata: Some(metadata),
+                },
+            )
+        })
+        .collect();
+    let members = (!members.is_empty()).then(|| fbb.create_vector(&members));
     fb::JoinGroupResponse::create(
         fbb,
         &fb::JoinGroupResponseArgs {
@@ -554,7 +671,9 @@ pub(crate) fn encode_join_group_response(
             heartbeat_interval_ms: r.heartbeat_interval_ms,
             session_timeout_ms: r.session_timeout_ms,
             member_count: r.member_count,
-            ..Default::default()
+            protocol_name,
+            leader_id,
+            members,
         },
     )
 }
@@ -571,6 +690,20 @@ pub(crate) fn decode_join_group_response(
         heartbeat_interval_ms: r.heartbeat_interval_ms(),
         session_timeout_ms: r.session_timeout_ms(),
         member_count: r.member_count(),
+        protocol_name: r.protocol_name().unwrap_or("").to_string(),
+        leader_id: r.leader_id().unwrap_or("").to_string(),
+        members: r
+            .members()
+            .map(|v| {
+                v.iter()
+                    .map(|m| JoinGroupMember {
+                        member_id: m.member_id().to_string(),
+                        instance_id: m.instance_id().unwrap_or("").to_string(),
+                        metadata: dec_bytes(m.metadata()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -923,6 +1056,9 @@ pub(crate) fn encode_describe_group_response(
             let client_id = enc_opt_string(fbb, &m.client_id);
             let topics = enc_strings(fbb, &m.topics);
             let assignment = enc_topic_partitions(fbb, &m.assignment);
+            let metadata = (!m.metadata.is_empty()).then(|| fbb.create_vector(&m.metadata));
+            let assignment_bytes =
+                (!m.assignment_bytes.is_empty()).then(|| fbb.create_vector(&m.assignment_bytes));
             fb::GroupMember::create(
                 fbb,
                 &fb::GroupMemberArgs {
@@ -932,13 +1068,16 @@ pub(crate) fn encode_describe_group_response(
                     topics: Some(topics),
                     assignment: Some(assignment),
                     since_heartbeat_ms: m.since_heartbeat_ms,
-                    ..Default::default()
+                    metadata,
+                    assignment_bytes,
                 },
             )
         })
         .collect();
     let members = fbb.create_vector(&members);
     let offsets = enc_committed_offsets(fbb, &r.offsets);
+    let protocol_type = enc_opt_string(fbb, &r.protocol_type);
+    let protocol_name = enc_opt_string(fbb, &r.protocol_name);
     fb::DescribeGroupResponse::create(
         fbb,
         &fb::DescribeGroupResponseArgs {
@@ -950,7 +1089,8 @@ pub(crate) fn encode_describe_group_response(
             coordinator_shard: r.coordinator_shard,
             members: Some(members),
             offsets: Some(offsets),
-            ..Default::default()
+            protocol_type,
+            protocol_name,
         },
     )
 }
@@ -969,6 +1109,8 @@ pub(crate) fn decode_describe_group_response(
                     topics: dec_strings(m.topics()),
                     assignment: dec_topic_partitions(m.assignment()),
                     since_heartbeat_ms: m.since_heartbeat_ms(),
+                    metadata: dec_bytes(m.metadata()),
+                    assignment_bytes: dec_bytes(m.assignment_bytes()),
                 })
                 .collect()
         })
@@ -982,6 +1124,8 @@ pub(crate) fn decode_describe_group_response(
         coordinator_shard: r.coordinator_shard(),
         members,
         offsets: dec_committed_offsets(r.offsets()),
+        protocol_type: r.protocol_type().unwrap_or("").to_string(),
+        protocol_name: r.protocol_name().unwrap_or("").to_string(),
     })
 }
 
@@ -1001,4 +1145,89 @@ pub(crate) fn decode_delete_group_request(
     Ok(DeleteGroupRequest {
         group: r.group().to_string(),
     })
+}
+
+// ---- SyncGroup (client-side assignment)
+
+fn dec_bytes(v: Option<Vector<'_, u8>>) -> Vec<u8> {
+    v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+pub(crate) fn encode_sync_group_request(
+    fbb: &mut Fbb,
+    r: &SyncGroupRequest,
+) -> WIPOffset<fb::SyncGroupRequest<'static>> {
+    let group = fbb.create_string(&r.group);
+    let member_id = fbb.create_string(&r.member_id);
+    let assignments: Vec<_> = r
+        .assignments
+        .iter()
+        .map(|a| {
+            let member_id = fbb.create_string(&a.member_id);
+            let assignment = fbb.create_vector(&a.assignment);
+            let partitions = enc_topic_partitions(fbb, &a.partitions);
+            fb::MemberAssignment::create(
+                fbb,
+                &fb::MemberAssignmentArgs {
+                    member_id: Some(member_id),
+                    assignment: Some(assignment),
+                    partitions: Some(partitions),
+                },
+            )
+        })
+        .collect();
+    let assignments = fbb.create_vector(&assignments);
+    fb::SyncGroupRequest::create(
+        fbb,
+        &fb::SyncGroupRequestArgs {
+            group: Some(group),
+            member_id: Some(member_id),
+            generation: r.generation,
+            assignments: Some(assignments),
+        },
+    )
+}
+
+pub(crate) fn decode_sync_group_request(
+    r: fb::SyncGroupRequest<'_>,
+) -> Result<SyncGroupRequest, EnvelopeError> {
+    Ok(SyncGroupRequest {
+        group: r.group().to_string(),
+        member_id: r.member_id().to_string(),
+        generation: r.generation(),
+        assignments: r
+            .assignments()
+            .map(|v| {
+                v.iter()
+                    .map(|a| MemberAssignment {
+                        member_id: a.member_id().to_string(),
+                        assignment: dec_bytes(a.assignment()),
+                        partitions: dec_topic_partitions(a.partitions()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+pub(crate) fn encode_sync_group_response(
+    fbb: &mut Fbb,
+    r: &SyncGroupResponse,
+) -> WIPOffset<fb::SyncGroupResponse<'static>> {
+    let protocol_name = enc_opt_string(fbb, &r.protocol_name);
+    let assignment = fbb.create_vector(&r.assignment);
+    fb::SyncGroupResponse::create(
+        fbb,
+        &fb::SyncGroupResponseArgs {
+            protocol_name,
+            assignment: Some(assignment),
+        },
+    )
+}
+
+pub(crate) fn decode_sync_group_response(r: fb::SyncGroupResponse<'_>) -> SyncGroupResponse {
+    SyncGroupResponse {
+        protocol_name: r.protocol_name().unwrap_or("").to_string(),
+        assignment: dec_bytes(r.assignment()),
+    }
 }

@@ -329,6 +329,7 @@ mod tests {
             heartbeat_interval_ms: 50,
             session_timeout_ms: 150,
             member_count: 1,
+            ..Default::default()
         });
         Ok((
             Response::ok(ApiKey::JoinGroup, 1, body),

@@ -565,6 +565,7 @@ mod tests {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 5_000,
+            ..Default::default()
         }
     }
 

@@ -303,6 +303,7 @@ impl Shard {
             heartbeat_interval_ms: (member.session_timeout_ms / 3).max(100),
             session_timeout_ms: member.session_timeout_ms,
             member_count: g.members.len() as u32,
+            ..Default::default()
         })))
     }
 
@@ -594,6 +595,7 @@ impl Shard {
                 topics: m.topics.clone(),
                 assignment: m.assignment_by_topic(),
                 since_heartbeat_ms: (now - m.last_seen_ms).clamp(0, u32::MAX as i64) as u32,
+                ..Default::default()
             })
             .collect();
         Ok(ResponseBody::DescribeGroup(DescribeGroupResponse {
@@ -609,6 +611,7 @@ impl Shard {
                 .iter()
                 .map(|(k, c)| committed_offset(k, c))
                 .collect(),
+            ..Default::default()
         }))
     }
 

@@ -134,6 +134,7 @@ impl BrokerProcess {
             .arg(self.shards.to_string())
             .arg("--shard-port-base")
             .arg(self.ports.shard_base.to_string())
+            .args(["--kafka", "off"])
             .args(&self.extra_args)
             .env(
                 "RINGMQ_LOG",
