@@ -95,7 +95,7 @@ pub async fn serve(
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
+pub(crate) fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
     // SAFETY: dup returns a new descriptor we own (or -1).
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {

@@ -3,6 +3,7 @@
 
 mod connection;
 mod http;
+mod kafka;
 mod shutdown;
 mod sockio;
 
@@ -23,7 +24,7 @@ use ringmq_shards::shard::{Shard, ShardConfig};
 use ringmq_wire::envelope::ShardEndpoint;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{parse_cpu_list, ServeArgs};
+use crate::config::{parse_cpu_list, KafkaListen, ServeArgs};
 use connection::ConnectionLimits;
 pub use shutdown::Shutdown;
 
@@ -35,6 +36,10 @@ struct ShardBoot {
     public_fd: RawFd,
     shard_fd: RawFd,
     http_fd: Option<RawFd>,
+    /// The shared and this shard's own Kafka listeners (`--kafka off`: none).
+    kafka_fds: Option<(RawFd, RawFd)>,
+    kafka_brokers: Arc<Vec<kafka::KafkaBroker>>,
+    producer_ids: Arc<kafka::ProducerIds>,
     limits: ConnectionLimits,
     metrics: Arc<ShardMetrics>,
     all_metrics: Arc<Vec<Arc<ShardMetrics>>>,
@@ -74,6 +79,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let http = bind(args.http, false)?;
+    let (kafka_sockets, kafka_brokers) = bind_kafka(&args, shard_count)?;
     let advertise_host = args
         .advertise_host
         .clone()
@@ -109,8 +115,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         http = %http.1,
         shard_ports = ?endpoints.iter().map(|e| e.port).collect::<Vec<_>>(),
         data_dir = %args.data_dir.display(),
+        kafka_ports = ?kafka_brokers.iter().map(|b| b.port).collect::<Vec<_>>(),
         "ringmq starting"
     );
+    let kafka_brokers = Arc::new(kafka_brokers);
+    let producer_ids = Arc::new(kafka::ProducerIds::starting_now());
+    let mut kafka_sockets = kafka_sockets.into_iter();
     let mut http_fd = Some(http.0.into_raw_fd());
     let mut handles = Vec::with_capacity(shard_count);
     let boots = build_mesh(shard_count)
@@ -141,6 +151,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             public_fd: public.0.into_raw_fd(),
             shard_fd: own.0.into_raw_fd(),
             http_fd: if shard == 0 { http_fd.take() } else { None },
+            kafka_fds: kafka_sockets
+                .next()
+                .map(|(public, own)| (public.into_raw_fd(), own.into_raw_fd())),
+            kafka_brokers: kafka_brokers.clone(),
+            producer_ids: producer_ids.clone(),
             limits: ConnectionLimits {
                 max_frame_bytes: args.max_frame_bytes,
                 max_in_flight: args.max_in_flight_per_connection.max(1),
@@ -186,6 +201,55 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The Kafka listeners: per shard, one socket on the shared port and one on
+/// its own port; and each shard as a Kafka broker (node id = shard id).
+/// Per shard: its socket on the shared Kafka port, and on its own port.
+type KafkaSockets = Vec<(Socket, Socket)>;
+
+fn bind_kafka(
+    args: &ServeArgs,
+    shard_count: usize,
+) -> Result<(KafkaSockets, Vec<kafka::KafkaBroker>), String> {
+    let KafkaListen::On(listen) = args.kafka else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let port_base = args
+        .kafka_shard_port_base
+        .unwrap_or(listen.port().saturating_add(10));
+    let host = args
+        .kafka_advertise_host
+        .clone()
+        .or_else(|| args.advertise_host.clone())
+        .unwrap_or_else(|| match listen.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST).to_string(),
+            ip => ip.to_string(),
+        });
+    let mut sockets = Vec::with_capacity(shard_count);
+    let mut brokers = Vec::with_capacity(shard_count);
+    let mut shared_addr = listen;
+    for shard in 0..shard_count {
+        // Port 0 on the shared port: the first bind picks it, the others join.
+        let (public, bound) = bind(shared_addr, true)?;
+        shared_addr = bound;
+        let port = match port_base {
+            0 => 0,
+            base => base.checked_add(shard as u16).ok_or_else(|| {
+                format!(
+                    "--kafka-shard-port-base {base} + shard {shard} overflows; pick a lower base"
+                )
+            })?,
+        };
+        let (own, own_addr) = bind(SocketAddr::new(listen.ip(), port), false)?;
+        brokers.push(kafka::KafkaBroker {
+            node_id: shard as i32,
+            host: host.clone(),
+            port: own_addr.port(),
+        });
+        sockets.push((public, own));
+    }
+    Ok((sockets, brokers))
 }
 
 /// Binds, retrying "address in use" for a few seconds: a broker restarted
@@ -355,6 +419,26 @@ async fn shard_main(boot: ShardBoot) -> Result<(), String> {
         boot.limits,
         boot.shutdown.clone(),
     ));
+    let kafka = boot.kafka_fds.map(|(public_fd, own_fd)| {
+        let ctx = Rc::new(kafka::KafkaContext {
+            shard: shard.clone(),
+            brokers: boot.kafka_brokers.clone(),
+            max_frame_bytes: boot.limits.max_frame_bytes,
+            max_in_flight: boot.limits.max_in_flight,
+            producer_ids: boot.producer_ids.clone(),
+        });
+        // SAFETY: as above, bound in `run` and handed to this shard alone.
+        let public = unsafe { TcpListener::from_raw_fd(public_fd) };
+        let own = unsafe { TcpListener::from_raw_fd(own_fd) };
+        (
+            glommio::spawn_local(kafka::accept_loop(
+                ctx.clone(),
+                public,
+                boot.shutdown.clone(),
+            )),
+            glommio::spawn_local(kafka::accept_loop(ctx, own, boot.shutdown.clone())),
+        )
+    });
     let http = boot.http_fd.map(|fd| {
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         let state = Rc::new(http::HttpState {
@@ -370,6 +454,10 @@ async fn shard_main(boot: ShardBoot) -> Result<(), String> {
     shard.begin_shutdown();
     accept_public.await;
     accept_own.await;
+    if let Some((public, own)) = kafka {
+        public.await;
+        own.await;
+    }
     if let Some(http) = http {
         http.await;
     }
