@@ -2,10 +2,11 @@
 //! goes to the bootstrap connection; the broker forwards internally.
 
 use ringmq_wire::envelope::{
-    ApiVersionsResponse, CommittedOffset, CreateTopicsRequest, DeleteGroupRequest,
-    DeleteTopicsRequest, DescribeGroupRequest, DescribeGroupResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupListing, NewTopic, OffsetCommitRequest, OffsetFetchRequest,
-    RequestBody, ResponseBody, TopicMetadata, TopicResults,
+    ApiVersionsResponse, CommittedOffset, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupRequest, DeleteTopicsRequest, DescribeGroupRequest, DescribeGroupResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupListing, NewPartitions, NewTopic,
+    OffsetCommitRequest, OffsetFetchRequest, RequestBody, ResponseBody, TopicMetadata,
+    TopicResults,
 };
 
 use crate::error::{ClientError, Result};
@@ -68,6 +69,42 @@ impl Admin {
         })?;
         self.client.cluster().invalidate_topic(name);
         single_result(results, name, "create topic")
+    }
+
+    /// Grows topic `name` to `count` partitions. Existing partitions keep
+    /// their data and owners; the broker answers once every shard has
+    /// opened the new ones. Counts only grow: a count at or below the
+    /// current one fails with `invalid_partitions`, an unknown topic with
+    /// `unknown_topic_or_partition`. Keyed records map to partitions by
+    /// `murmur2(key) % count`, so growing moves where new records with a
+    /// given key go.
+    pub fn create_partitions(&self, name: &str, count: u32) -> Result<()> {
+        if count == 0 {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic {name:?} cannot have 0 partitions; give its new, larger count"
+            )));
+        }
+        let body = RequestBody::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![NewPartitions {
+                name: name.to_string(),
+                count,
+            }],
+            timeout_ms: self.timeout_ms(),
+        });
+        let (response, _) = self.client.cluster().call_any("create_partitions", body)?;
+        let results = expect_body(
+            &self.client,
+            "create partitions",
+            response.body,
+            |b| match b {
+                ResponseBody::CreatePartitions(r) => Some(r),
+                _ => None,
+            },
+        )?;
+        // The cached partition count is stale now (or was, if this failed
+        // because another admin grew the topic first).
+        self.client.cluster().invalidate_topic(name);
+        single_result(results, name, "create partitions")
     }
 
     /// Deletes a topic and all its data.

@@ -56,6 +56,14 @@ pub enum CatalogError {
     UnknownTopic(String),
     #[error("invalid partition count {count} for topic {name:?}: must be 1..={MAX_PARTITIONS_PER_TOPIC}")]
     InvalidPartitions { name: String, count: u32 },
+    /// Shrinking would drop partitions and their data, and moving records
+    /// between partitions would break per-key order: counts only grow.
+    #[error("cannot set topic {name:?} to {requested} partitions: a topic's partition count only grows: it has {current}; ask for more than {current}")]
+    PartitionsOnlyGrow {
+        name: String,
+        current: u32,
+        requested: u32,
+    },
     #[error("invalid config {key}={value:?}: {reason}")]
     InvalidConfig {
         key: String,
@@ -200,6 +208,46 @@ impl Catalog {
         Ok(next)
     }
 
+    /// A new version in which topic `name` has `count` partitions. The
+    /// partitions it already has keep their numbers, data and placement
+    /// ([`owner_shard`] depends only on the topic, the partition and the
+    /// shard count), so the new ones `current..count` are simply added.
+    pub fn with_partitions(&self, name: &str, count: u32) -> Result<Catalog, CatalogError> {
+        if is_internal_topic(name) {
+            // The offsets topic's partition count decides which shard
+            // coordinates each group: changing it would strand every group.
+            return Err(CatalogError::InvalidName {
+                name: name.to_string(),
+                reason: "internal topics cannot be changed (the partition count of __consumer_offsets is fixed when it is first created)",
+            });
+        }
+        let Some(entry) = self.topics.get(name) else {
+            return Err(CatalogError::UnknownTopic(name.to_string()));
+        };
+        if count <= entry.partitions {
+            return Err(CatalogError::PartitionsOnlyGrow {
+                name: name.to_string(),
+                current: entry.partitions,
+                requested: count,
+            });
+        }
+        if count > MAX_PARTITIONS_PER_TOPIC {
+            return Err(CatalogError::InvalidPartitions {
+                name: name.to_string(),
+                count,
+            });
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        let grown = next
+            .topics
+            .get_mut(name)
+            .expect("the topic was found in the same map just above");
+        grown.partitions = count;
+        debug_assert!(grown.partitions > entry.partitions);
+        Ok(next)
+    }
+
     /// Adds an internal topic if it is missing, without bumping the
     /// version: every shard adds the same entry to the catalog it loaded, so
     /// all agree without a controller round trip, and the controller
@@ -317,5 +365,85 @@ mod tests {
         let c2 = c1.without_topic("t").unwrap();
         assert_eq!(c2.version, 2);
         assert!(c2.topics.is_empty());
+    }
+
+    fn catalog_with(name: &str, partitions: u32) -> Catalog {
+        Catalog::default()
+            .with_topic(TopicEntry {
+                name: name.into(),
+                partitions,
+                config: TopicConfig::default(),
+                created_ms: 7,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn catalog_with_partitions_grows_a_topic() {
+        let c1 = catalog_with("t", 2);
+        let c2 = c1.with_partitions("t", 5).unwrap();
+        assert_eq!(c2.version, c1.version + 1);
+        let grown = c2.topic("t").unwrap();
+        assert_eq!(grown.partitions, 5);
+        // Everything but the count is kept.
+        assert_eq!(grown.config, c1.topic("t").unwrap().config);
+        assert_eq!(grown.created_ms, 7);
+        // The snapshot it came from is untouched (shards may still hold it).
+        assert_eq!(c1.topic("t").unwrap().partitions, 2);
+        // Placement ignores the partition count, so the old partitions keep
+        // their owners and the new ones continue the round robin.
+        for shards in 1..=4 {
+            for p in 1..5 {
+                assert_eq!(
+                    owner_shard("t", p, shards),
+                    (owner_shard("t", p - 1, shards) + 1) % shards
+                );
+            }
+        }
+        assert_eq!(Catalog::from_json(&c2.to_json()).unwrap(), c2);
+        // Up to the limit, not past it.
+        let max = c2.with_partitions("t", MAX_PARTITIONS_PER_TOPIC).unwrap();
+        assert_eq!(max.topic("t").unwrap().partitions, MAX_PARTITIONS_PER_TOPIC);
+        assert_eq!(
+            c2.with_partitions("t", MAX_PARTITIONS_PER_TOPIC + 1),
+            Err(CatalogError::InvalidPartitions {
+                name: "t".into(),
+                count: MAX_PARTITIONS_PER_TOPIC + 1
+            })
+        );
+    }
+
+    #[test]
+    fn catalog_with_partitions_refuses_shrink_equal_unknown_internal() {
+        let c = catalog_with("t", 3);
+        for count in [0, 1, 2, 3] {
+            let err = c.with_partitions("t", count).unwrap_err();
+            assert_eq!(
+                err,
+                CatalogError::PartitionsOnlyGrow {
+                    name: "t".into(),
+                    current: 3,
+                    requested: count
+                }
+            );
+            assert!(
+                err.to_string()
+                    .contains("a topic's partition count only grows: it has 3"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            c.with_partitions("nope", 4),
+            Err(CatalogError::UnknownTopic("nope".into()))
+        );
+        let with_offsets =
+            c.clone()
+                .with_internal_topic("__consumer_offsets", 16, TopicConfig::default());
+        assert!(matches!(
+            with_offsets.with_partitions("__consumer_offsets", 32),
+            Err(CatalogError::InvalidName { .. })
+        ));
+        // A refusal never yields a new version.
+        assert_eq!(c.version, 1);
     }
 }

@@ -18,8 +18,9 @@ use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
 use ringmq_wire::envelope::{
-    Acks, CreateTopicsRequest, DeleteTopicsRequest, FetchPartition, FetchPartitionResult,
-    ListOffsetsPartition, ListOffsetsPartitionResult, ProducePartitionResult, TopicResults,
+    Acks, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchPartition,
+    FetchPartitionResult, ListOffsetsPartition, ListOffsetsPartitionResult, ProducePartitionResult,
+    TopicResults,
 };
 
 use crate::catalog::Catalog;
@@ -54,6 +55,8 @@ pub enum ShardRequest {
     CreateTopics(CreateTopicsRequest),
     /// To the controller (shard 0).
     DeleteTopics(DeleteTopicsRequest),
+    /// To the controller (shard 0): grow topics' partition counts.
+    CreatePartitions(CreatePartitionsRequest),
     /// From the controller: adopt this catalog, open/close partitions.
     ApplyCatalog(Arc<Catalog>),
     /// Per-partition figures for /metrics.

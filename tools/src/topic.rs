@@ -1,4 +1,4 @@
-//! `ringctl topic create|list|describe|delete`.
+//! `ringctl topic create|list|describe|alter|delete`.
 
 use ringmq_client::{Client, TopicInfo};
 use serde_json::{json, Map, Value};
@@ -15,6 +15,18 @@ pub fn create(client: &Client, name: &str, partitions: u32, configs: &[(String, 
     match client.admin().create_topic(name, partitions, configs) {
         Ok(()) => {
             println!("created topic {name} with {partitions} partitions");
+            0
+        }
+        Err(e) => crate::fail(e),
+    }
+}
+
+/// Grows a topic to `partitions` partitions (counts only grow). Prints
+/// `altered topic NAME: N partitions` once every shard serves them.
+pub fn alter(client: &Client, name: &str, partitions: u32) -> i32 {
+    match client.admin().create_partitions(name, partitions) {
+        Ok(()) => {
+            println!("altered topic {name}: {partitions} partitions");
             0
         }
         Err(e) => crate::fail(e),

@@ -1517,7 +1517,10 @@ impl Response {
             }
             ResponseBody::SyncGroup(r) => {
                 let t = encode_sync_group_response(fbb, r);
-                (fb::ResponseBody::SyncGroupResponse, Some(t.as_union_value()))
+                (
+                    fb::ResponseBody::SyncGroupResponse,
+                    Some(t.as_union_value()),
+                )
             }
             ResponseBody::CreatePartitions(r) => {
                 let results = enc_topic_results(fbb, r);
@@ -1776,12 +1779,10 @@ fn decode_response_body(root: &fb::Response<'_>) -> Result<ResponseBody, Envelop
                 .ok_or(EnvelopeError::Missing("body"))?;
             ResponseBody::DeleteGroup
         }
-        fb::ResponseBody::SyncGroupResponse => {
-            ResponseBody::SyncGroup(decode_sync_group_response(
-                root.body_as_sync_group_response()
-                    .ok_or(EnvelopeError::Missing("body"))?,
-            ))
-        }
+        fb::ResponseBody::SyncGroupResponse => ResponseBody::SyncGroup(decode_sync_group_response(
+            root.body_as_sync_group_response()
+                .ok_or(EnvelopeError::Missing("body"))?,
+        )),
         fb::ResponseBody::CreatePartitionsResponse => {
             let c = root
                 .body_as_create_partitions_response()

@@ -6,11 +6,13 @@
 //! * [`segment`]: segment files, naming, and the batch scanner.
 //! * [`index`], [`timeindex`]: the sparse indexes and their on-disk format.
 //! * [`checkpoint`]: the per-partition "durable end" checkpoint.
+//! * [`producer_state`]: idempotent-producer sequence checks (Kafka's).
 //! * [`verify`]: `ringctl log verify` (std::fs, not for shards).
 
 pub mod checkpoint;
 pub mod index;
 pub mod partition;
+pub mod producer_state;
 pub mod segment;
 pub mod timeindex;
 pub mod verify;
@@ -135,6 +137,22 @@ pub enum LogError {
     Closed { dir: PathBuf },
     #[error("bad log configuration: {reason}")]
     Config { reason: String },
+    #[error("idempotent producer {producer_id} sent epoch {producer_epoch} but this partition has seen epoch {current_epoch}: a newer instance of the producer has fenced this one (or the epoch is invalid); close this producer and create a new one")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        producer_epoch: i16,
+        current_epoch: i16,
+    },
+    #[error("idempotent producer {producer_id} (epoch {producer_epoch}) sent sequences {first_sequence}..={last_sequence} but this partition expects sequence {expected_sequence} next: {detail}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        producer_epoch: i16,
+        expected_sequence: i32,
+        first_sequence: i32,
+        last_sequence: i32,
+        /// What probably happened and what the producer must do.
+        detail: &'static str,
+    },
 }
 
 impl LogError {

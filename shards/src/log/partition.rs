@@ -13,14 +13,25 @@
 //!   started, and it overlaps the next write. The high watermark (what reads
 //!   may return) is the end covered by a completed fdatasync.
 //! * No `RefCell` borrow is held across an `.await`.
+//! * Idempotent producers (Kafka): `append` checks the producer id, epoch
+//!   and sequence of each batch against [`ProducerStateTable`] in the same
+//!   synchronous step that assigns offsets, so a producer's pipelined
+//!   batches are checked in order. A retried batch is not appended again:
+//!   its original offsets are returned (see `producer_state`). Recovery
+//!   rebuilds the table from the last [`PRODUCER_STATE_SCAN_BYTES`] of the
+//!   log.
 
 use super::{
     checkpoint::{Checkpoint, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE},
     index::{IndexTrailer, OffsetIndex},
     now_ms,
+    producer_state::{
+        AppendVerdict, BatchMetadata, IncomingBatch, ProducerStateTable,
+        MAX_PRODUCERS_PER_PARTITION,
+    },
     segment::{
         log_file_name, parse_file_name, scan_segment, BatchCursor, CursorItem, Segment,
-        INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX,
+        INDEX_SUFFIX, LOG_SUFFIX, SCAN_CHUNK, TIMEINDEX_SUFFIX,
     },
     timeindex::TimeIndex,
     Acks, LogConfig, LogError, MAX_BATCH_BYTES,
@@ -56,7 +67,27 @@ pub struct AppendResult {
     /// Resolves at the requested durability, or with the error of the write
     /// or fdatasync that covered the batches.
     pub durable: AckFuture,
+    /// The append was a retry of idempotent batches already in the log:
+    /// nothing was appended, the offsets are the original ones, and
+    /// `durable` resolves when the original batches reach the requested
+    /// durability. `log_append_time_ms` is then the original batches' max
+    /// timestamp (what Kafka answers for a duplicate).
+    pub duplicate: bool,
 }
+
+/// How much of the log's tail recovery reads to rebuild the idempotent
+/// producers' state, in bytes (whole segments from the newest back, the
+/// oldest one from the sparse-index entry at or before the bound).
+///
+/// A retry after a broker restart is a retry of a batch that was in flight
+/// at the crash, so it lies at the very end of the log: librdkafka keeps at
+/// most 5 requests of at most `message.max.bytes` (1 MB by default) in
+/// flight per partition. 8 MiB covers that with room for other producers
+/// interleaved, and keeps start-up cost bounded (tens of milliseconds per
+/// partition at worst, nothing for a partition smaller than that). A
+/// producer none of whose batches lies in the window is unknown after the
+/// restart, and its next batch is accepted at any sequence.
+pub const PRODUCER_STATE_SCAN_BYTES: u64 = 8 << 20;
 
 /// What `read` returns.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +120,11 @@ pub struct RecoveryReport {
     pub checkpoint: Option<Checkpoint>,
     /// True when the last segment's index matched it (clean shutdown).
     pub clean_shutdown: bool,
+    /// Bytes of the log's tail read to rebuild the idempotent producers'
+    /// state (at most about [`PRODUCER_STATE_SCAN_BYTES`]).
+    pub producer_state_scanned_bytes: u64,
+    /// Idempotent producers found in that tail.
+    pub producers_recovered: usize,
 }
 
 /// Counters of one partition.
@@ -104,6 +140,8 @@ pub struct LogStats {
     pub segments_deleted: u64,
     pub cold_reads: u64,
     pub cache_reads: u64,
+    /// Appends answered as retries of idempotent batches already in the log.
+    pub duplicate_appends: u64,
 }
 
 #[derive(Default)]
@@ -178,6 +216,8 @@ struct State {
     checkpointed: i64,
     last_checkpoint_ms: i64,
     stats: LogStats,
+    /// Idempotent producers' epochs and last batches, as of `log_end`.
+    producers: ProducerStateTable,
 }
 
 impl State {
@@ -227,10 +267,18 @@ impl std::fmt::Debug for PartitionLog {
     }
 }
 
+/// What the first pass over an append found.
+struct Framing {
+    batch_count: usize,
+    /// Some batch carries a producer id (an idempotent producer's batch).
+    has_producer_ids: bool,
+}
+
 /// First pass over an append: checks the framing of each batch.
-fn check_framing(data: &[u8]) -> Result<usize, LogError> {
+fn check_framing(data: &[u8]) -> Result<Framing, LogError> {
     let mut pos = 0usize;
     let mut count = 0usize;
+    let mut has_producer_ids = false;
     while pos < data.len() {
         let rest = &data[pos..];
         let invalid = |reason: String| LogError::InvalidBatch {
@@ -257,10 +305,39 @@ fn check_framing(data: &[u8]) -> Result<usize, LogError> {
                 h.last_offset_delta
             )));
         }
+        has_producer_ids |= h.producer_id >= 0;
         pos += size;
         count += 1;
     }
-    Ok(count)
+    Ok(Framing {
+        batch_count: count,
+        has_producer_ids,
+    })
+}
+
+/// The headers of back-to-back batches whose framing was checked.
+fn batch_headers(data: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= data.len() {
+            return None;
+        }
+        let h = BatchHeader::parse(&data[pos..]).expect("framing checked");
+        pos += peek_total_size(&data[pos..]).expect("framing checked");
+        Some(h)
+    })
+}
+
+/// The producer fields of an idempotent batch; `None` for a batch without a
+/// producer id (native producers), which is never checked.
+fn idempotent(h: &BatchHeader) -> Option<IncomingBatch> {
+    (h.producer_id >= 0).then_some(IncomingBatch {
+        producer_id: h.producer_id,
+        producer_epoch: h.producer_epoch,
+        base_sequence: h.base_sequence,
+        last_offset_delta: h.last_offset_delta,
+        max_timestamp_ms: h.max_timestamp,
+    })
 }
 
 /// The first record of `batch` whose timestamp is at least `timestamp_ms`
@@ -434,6 +511,14 @@ impl PartitionLog {
     /// Appends with an explicit clock (`now_ms` drives `segment_ms` rolls and
     /// is returned as the log-append time). Offsets are assigned here,
     /// synchronously, so appends get offsets in call order.
+    ///
+    /// Batches with a producer id (idempotent producers) are sequence-checked
+    /// first, against the partition's producer state and the earlier batches
+    /// of the same append: `InvalidProducerEpoch` or `OutOfOrderSequence`
+    /// refuse the whole append; a retry of batches already in the log
+    /// appends nothing and returns their original offsets with
+    /// `duplicate: true`. Batches without one (producer id -1) are not
+    /// checked.
     pub fn append_at(
         &self,
         mut batches: BytesMut,
@@ -456,7 +541,29 @@ impl PartitionLog {
                 limit_bytes: sh.config.max_queued_bytes,
             });
         }
-        let batch_count = check_framing(&batches)?;
+        let framing = check_framing(&batches)?;
+        let batch_count = framing.batch_count;
+        if framing.has_producer_ids {
+            let log_end = st.log_end;
+            let verdict = st.producers.check_append(
+                batch_headers(&batches).map(|h| (idempotent(&h), h.last_offset_delta)),
+                log_end,
+            )?;
+            if let AppendVerdict::Duplicate {
+                base_offset,
+                last_offset,
+                max_timestamp_ms,
+            } = verdict
+            {
+                return Ok(sh.duplicate_result(
+                    &mut st,
+                    acks,
+                    base_offset,
+                    last_offset,
+                    max_timestamp_ms,
+                ));
+            }
+        }
 
         // Roll by size or age.
         let roll = {
@@ -514,6 +621,11 @@ impl PartitionLog {
         }
 
         st.log_end = next;
+        if framing.has_producer_ids {
+            // Nothing below can fail: the producers' state advances with
+            // the log end, and `rollback` takes it back with it.
+            st.producers.commit_append();
+        }
         st.queue.push_back(Pending {
             segment,
             position: start_position,
@@ -540,6 +652,7 @@ impl PartitionLog {
             last_offset: next - 1,
             log_append_time_ms: now_ms,
             durable: AckFuture { cell },
+            duplicate: false,
         })
     }
 
@@ -889,6 +1002,48 @@ impl PartitionLog {
 }
 
 impl Shared {
+    /// The answer to a retry of batches already in the log at
+    /// `base_offset..=last_offset`: nothing is appended, and the ack waits
+    /// for the original batches to reach `acks` (they may still be queued;
+    /// if their write fails, the retry fails with the same error and may be
+    /// retried again, since `rollback` forgets them).
+    fn duplicate_result(
+        &self,
+        st: &mut State,
+        acks: Acks,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp_ms: i64,
+    ) -> AppendResult {
+        let end = last_offset + 1;
+        assert!(
+            base_offset <= last_offset && end <= st.log_end,
+            "a duplicate's original batches {base_offset}..={last_offset} are below the log end {}",
+            st.log_end
+        );
+        let cell = Rc::new(AckCell::default());
+        let (reached, waiting) = match acks {
+            Acks::Fsync => (st.durable >= end, &mut st.sync_acks),
+            Acks::Leader | Acks::None => (st.written >= end, &mut st.write_acks),
+        };
+        if reached {
+            cell.complete(Ok(()));
+        } else {
+            // The ack queues are sorted by end offset; this end is not
+            // necessarily the largest.
+            let at = waiting.partition_point(|(e, _)| *e <= end);
+            waiting.insert(at, (end, cell.clone()));
+        }
+        st.stats.duplicate_appends += 1;
+        AppendResult {
+            base_offset,
+            last_offset,
+            log_append_time_ms: max_timestamp_ms,
+            durable: AckFuture { cell },
+            duplicate: true,
+        }
+    }
+
     fn check_writable(&self, st: &State) -> Result<(), LogError> {
         if let Some(e) = &st.fenced {
             return Err(e.clone());
@@ -983,6 +1138,9 @@ impl Shared {
         st.queue.clear();
         st.queued_bytes = 0;
         st.log_end = written;
+        // The failed batches are not in the log: a retry of one must be
+        // appended, not answered as a duplicate of offsets that are gone.
+        st.producers.truncate_from(written);
         st.segments.retain(|_, s| s.file.is_some());
         let last = st.active_mut();
         last.sealed = false;
@@ -1635,6 +1793,7 @@ async fn recover(
             reason: format!("the log ends at offset {log_end} but the checkpoint says offsets below {durable_floor} were made durable; acknowledged data is missing"),
         });
     }
+    let producers = rebuild_producer_state(&segments, &mut report).await?;
     let state = State {
         segments,
         log_start,
@@ -1652,6 +1811,134 @@ async fn recover(
         checkpointed: durable_floor,
         last_checkpoint_ms: now,
         stats: LogStats::default(),
+        producers,
     };
     Ok((state, report))
+}
+
+/// Where the producer-state scan starts in each segment it reads, oldest
+/// first: `(segment base offset, start position, offset of the batch
+/// there)`. Whole segments from the newest back while they fit in
+/// `budget_bytes`; in the oldest one, the sparse-index entry at or before
+/// the bound (so at most one index interval more is read).
+fn producer_scan_plan(
+    segments: &BTreeMap<i64, Segment>,
+    budget_bytes: u64,
+) -> Vec<(i64, u64, i64)> {
+    let mut plan = Vec::new();
+    let mut left = budget_bytes;
+    for seg in segments.values().rev() {
+        if left == 0 {
+            break;
+        }
+        if seg.written_size == 0 {
+            continue;
+        }
+        if seg.written_size <= left {
+            plan.push((seg.base_offset, 0, seg.base_offset));
+            left -= seg.written_size;
+            continue;
+        }
+        let bound = seg.written_size - left;
+        let entries = seg.index.entries();
+        let after = entries.partition_point(|e| e.position as u64 <= bound);
+        let start = match after.checked_sub(1) {
+            Some(i) => (
+                entries[i].position as u64,
+                seg.base_offset + entries[i].relative_offset as i64,
+            ),
+            None => (0, seg.base_offset),
+        };
+        plan.push((seg.base_offset, start.0, start.1));
+        left = 0;
+    }
+    plan.reverse();
+    plan
+}
+
+/// Rebuilds the idempotent producers' state from the log's tail (see
+/// [`PRODUCER_STATE_SCAN_BYTES`]), with the same DMA reads as cold reads.
+/// Every batch in the window is replayed in offset order, as if appended.
+/// A batch that fails its CRC or offset check (possible only in a segment
+/// recovery trusted without scanning) leaves the state empty, with a
+/// warning: every producer is then unknown and accepted at any sequence,
+/// which keeps the partition writable; reading that batch will report the
+/// corruption.
+async fn rebuild_producer_state(
+    segments: &BTreeMap<i64, Segment>,
+    report: &mut RecoveryReport,
+) -> Result<ProducerStateTable, LogError> {
+    let mut table = ProducerStateTable::new(MAX_PRODUCERS_PER_PARTITION);
+    for (base, start, start_offset) in producer_scan_plan(segments, PRODUCER_STATE_SCAN_BYTES) {
+        let seg = &segments[&base];
+        let file = seg.file.clone().expect("recovered segments are open");
+        let mut cursor = BatchCursor::new(&*file, start, seg.written_size, SCAN_CHUNK);
+        let mut expected = start_offset;
+        loop {
+            let item = cursor
+                .next()
+                .await
+                .map_err(|e| LogError::io("scan producer state", file.path(), e))?;
+            let (position, bytes) = match item {
+                CursorItem::End => break,
+                CursorItem::Batch { position, bytes } => (position, bytes),
+                CursorItem::Bad { position, reason } => {
+                    forget_producers(&mut table, file.path(), position, &reason);
+                    return Ok(table);
+                }
+            };
+            let h = match validate_batch(&bytes) {
+                Ok(h) if h.base_offset == expected => h,
+                Ok(h) => {
+                    let reason = format!(
+                        "batch has base offset {} where {expected} was expected",
+                        h.base_offset
+                    );
+                    forget_producers(&mut table, file.path(), position, &reason);
+                    return Ok(table);
+                }
+                Err(e) => {
+                    forget_producers(&mut table, file.path(), position, &e.to_string());
+                    return Ok(table);
+                }
+            };
+            report.producer_state_scanned_bytes += bytes.len() as u64;
+            expected = h.next_offset();
+            // Batches appended before sequence checks existed may carry
+            // fields the checks refuse; they cannot be retried usefully.
+            if h.producer_id >= 0 && h.producer_epoch >= 0 && h.base_sequence >= 0 {
+                table.record(
+                    h.producer_id,
+                    BatchMetadata {
+                        producer_epoch: h.producer_epoch,
+                        first_sequence: h.base_sequence,
+                        last_sequence: super::producer_state::last_sequence(
+                            h.base_sequence,
+                            h.last_offset_delta,
+                        ),
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                        max_timestamp_ms: h.max_timestamp,
+                    },
+                );
+            }
+        }
+        assert_eq!(
+            expected, seg.next_offset,
+            "recovery and the producer-state scan agree on the segment's end"
+        );
+    }
+    assert!(table.invariants_hold());
+    report.producers_recovered = table.len();
+    Ok(table)
+}
+
+fn forget_producers(table: &mut ProducerStateTable, path: &Path, position: u64, reason: &str) {
+    tracing::warn!(
+        segment = %path.display(),
+        position,
+        reason,
+        "unreadable batch while rebuilding idempotent-producer state: every producer of this partition is treated as new (retries of batches sent before the restart may be appended twice)"
+    );
+    table.clear();
 }

@@ -1,6 +1,7 @@
 //! Metadata, ApiVersions and topic administration.
 //!
-//! Shard 0 is the controller: create/delete requests are forwarded to it,
+//! Shard 0 is the controller: create/delete/create-partitions requests are
+//! forwarded to it,
 //! it persists the new catalog, then pushes it to every shard and answers
 //! once all of them have opened (or removed) their partitions.
 
@@ -8,9 +9,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ringmq_wire::envelope::{
-    ApiKey, ApiVersionRange, ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest,
-    MetadataRequest, MetadataResponse, PartitionMetadata, ResponseBody, TopicMetadata, TopicResult,
-    TopicResults, API_VERSION,
+    ApiKey, ApiVersionRange, ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteTopicsRequest, MetadataRequest, MetadataResponse, PartitionMetadata, ResponseBody,
+    TopicMetadata, TopicResult, TopicResults, API_VERSION,
 };
 use ringmq_wire::error::{ApiError, ErrorCode};
 
@@ -26,7 +27,9 @@ fn catalog_error_to_api(err: &CatalogError) -> ApiError {
         CatalogError::InvalidName { .. } => ErrorCode::InvalidTopic,
         CatalogError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
         CatalogError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
-        CatalogError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+        CatalogError::InvalidPartitions { .. } | CatalogError::PartitionsOnlyGrow { .. } => {
+            ErrorCode::InvalidPartitions
+        }
         CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
     };
     ApiError::new(code, err.to_string())
@@ -124,6 +127,24 @@ impl Shard {
         Reply::ok(ApiKey::DeleteTopics, ResponseBody::DeleteTopics(results))
     }
 
+    /// Grows topics' partition counts (Kafka's CreatePartitions), through
+    /// the controller like every catalog change.
+    pub(super) async fn create_partitions(
+        self: Rc<Self>,
+        request: CreatePartitionsRequest,
+    ) -> Reply {
+        let results = if self.id() == CONTROLLER_SHARD {
+            self.controller_create_partitions(request).await
+        } else {
+            self.call_controller(ShardRequest::CreatePartitions(request))
+                .await
+        };
+        Reply::ok(
+            ApiKey::CreatePartitions,
+            ResponseBody::CreatePartitions(results),
+        )
+    }
+
     async fn call_controller(&self, request: ShardRequest) -> TopicResults {
         self.metrics
             .forwards_out
@@ -199,6 +220,41 @@ impl Shard {
                 }
                 Err(err) => results.push(TopicResult {
                     name,
+                    error: Some(catalog_error_to_api(&err)),
+                }),
+            }
+        }
+        self.commit_catalog(next, &mut results).await;
+        TopicResults { results }
+    }
+
+    /// Validates each topic's new count against the catalog as changed by
+    /// the topics before it, persists the result once, and answers after
+    /// every shard has opened the new partitions it owns: a client told
+    /// "ok" can produce to any new partition at once.
+    pub(super) async fn controller_create_partitions(
+        &self,
+        request: CreatePartitionsRequest,
+    ) -> TopicResults {
+        assert_eq!(self.id(), CONTROLLER_SHARD);
+        let _permit = self
+            .controller_lock
+            .acquire_permit(1)
+            .await
+            .expect("controller lock never closes");
+        let mut next = (*self.catalog()).clone();
+        let mut results = Vec::with_capacity(request.topics.len());
+        for topic in request.topics {
+            match next.with_partitions(&topic.name, topic.count) {
+                Ok(catalog) => {
+                    next = catalog;
+                    results.push(TopicResult {
+                        name: topic.name,
+                        error: None,
+                    });
+                }
+                Err(err) => results.push(TopicResult {
+                    name: topic.name,
                     error: Some(catalog_error_to_api(&err)),
                 }),
             }

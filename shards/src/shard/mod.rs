@@ -134,6 +134,8 @@ pub fn log_error_to_api(error: &LogError) -> ApiError {
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         LogError::QueueFull { .. } => ErrorCode::Throttled,
         LogError::InvalidBatch { .. } => ErrorCode::CorruptMessage,
+        LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+        LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
     };
     ApiError::new(code, error.to_string())
 }
@@ -271,6 +273,7 @@ impl Shard {
             RequestBody::ApiVersions => Box::pin(future::ready(self.api_versions())),
             RequestBody::CreateTopics(req) => Box::pin(self.clone().create_topics(req)),
             RequestBody::DeleteTopics(req) => Box::pin(self.clone().delete_topics(req)),
+            RequestBody::CreatePartitions(req) => Box::pin(self.clone().create_partitions(req)),
             body => {
                 let shard = self.clone();
                 Box::pin(async move {
@@ -342,6 +345,9 @@ impl Shard {
             ShardRequest::DeleteTopics(req) => Box::pin(async move {
                 ShardResponse::TopicResults(self.controller_delete_topics(req).await)
             }),
+            ShardRequest::CreatePartitions(req) => Box::pin(async move {
+                ShardResponse::TopicResults(self.controller_create_partitions(req).await)
+            }),
             ShardRequest::ApplyCatalog(catalog) => {
                 // Applied in the ordered phase: later calls from the
                 // controller must see the new topics.
@@ -368,7 +374,10 @@ impl Shard {
     }
 
     /// Adopts a catalog version: opens partitions of new topics this shard
-    /// owns, closes and deletes those of removed topics.
+    /// owns and the partitions it owns that were added to existing topics,
+    /// closes and deletes those of removed topics. The partitions are open
+    /// before the new snapshot is installed, so a request that passes the
+    /// catalog check always finds its log.
     async fn apply_catalog(&self, next: Arc<Catalog>) {
         let previous = self.catalog();
         if next.version < previous.version {
@@ -381,10 +390,43 @@ impl Shard {
             return;
         }
         for entry in next.topics.values() {
-            if !self.partitions.borrow().contains_key(&entry.name) {
-                self.open_topic(entry).await;
-                if entry.name == crate::group::OFFSETS_TOPIC {
-                    self.load_groups(entry).await;
+            let known_partitions = self
+                .partitions
+                .borrow()
+                .get(&entry.name)
+                .map(|slots| slots.len() as u32);
+            match known_partitions {
+                None => {
+                    self.open_topic(entry, 0).await;
+                    if entry.name == crate::group::OFFSETS_TOPIC {
+                        self.load_groups(entry).await;
+                    }
+                }
+                // Grown (CreatePartitions): open only the new partitions;
+                // the open ones keep their logs, caches and waiters.
+                Some(known) if known < entry.partitions => {
+                    debug_assert!(
+                        !crate::catalog::is_internal_topic(&entry.name),
+                        "the controller never grows an internal topic"
+                    );
+                    self.open_topic(entry, known).await;
+                }
+                Some(known) if known == entry.partitions => {}
+                // Counts never shrink (`Catalog::with_partitions`), so this
+                // is a controller bug. Keep the logs rather than drop data:
+                // the partitions past the catalog's count are not served.
+                Some(known) => {
+                    debug_assert!(
+                        false,
+                        "topic {} shrank from {known} to {} partitions",
+                        entry.name, entry.partitions
+                    );
+                    tracing::error!(
+                        topic = %entry.name,
+                        open = known,
+                        catalog = entry.partitions,
+                        "catalog shrank a topic; keeping its partitions open and serving only the catalog's count"
+                    );
                 }
             }
         }
@@ -402,9 +444,14 @@ impl Shard {
         }
     }
 
-    async fn open_topic(&self, entry: &TopicEntry) {
-        let mut slots: Vec<Option<Slot>> = (0..entry.partitions).map(|_| None).collect();
-        for partition in 0..entry.partitions {
+    /// Opens (recovering) the partitions `first..entry.partitions` of a
+    /// topic that this shard owns, and records a slot for every partition
+    /// of that range. `first` is 0 for a topic new to this shard and the
+    /// old count for a grown one, whose lower slots are left as they are.
+    async fn open_topic(&self, entry: &TopicEntry, first: u32) {
+        assert!(first < entry.partitions, "nothing to open");
+        let mut opened: Vec<Option<Slot>> = (first..entry.partitions).map(|_| None).collect();
+        for partition in first..entry.partitions {
             if self.owner(&entry.name, partition) != self.id() {
                 continue;
             }
@@ -424,11 +471,19 @@ impl Shard {
                     Slot::Failed(log_error_to_api(&err))
                 }
             };
-            slots[partition as usize] = Some(slot);
+            opened[(partition - first) as usize] = Some(slot);
         }
-        self.partitions
-            .borrow_mut()
-            .insert(entry.name.clone(), slots);
+        // No borrow was held across the opens above; the catalog is applied
+        // one version at a time, so nothing else changed this topic's slots.
+        let mut partitions = self.partitions.borrow_mut();
+        let slots = partitions.entry(entry.name.clone()).or_default();
+        assert_eq!(
+            slots.len(),
+            first as usize,
+            "topic {} changed while its partitions were opening",
+            entry.name
+        );
+        slots.extend(opened);
     }
 
     /// Replays the offsets partitions this shard owns into its groups.

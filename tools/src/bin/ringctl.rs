@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, alter and delete topics.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
@@ -135,6 +135,15 @@ enum TopicCommand {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Grow a topic's partition count. Existing partitions and their data
+    /// stay; counts only grow. Keyed messages may map to other partitions
+    /// afterwards (murmur2(key) % count).
+    Alter {
+        name: String,
+        /// The new partition count, larger than the current one.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
     },
     /// Delete a topic and its data.
     Delete { name: String },
@@ -303,6 +312,9 @@ fn run(cli: Cli) -> i32 {
                 } => topic::create(&client, &name, partitions, &configs),
                 TopicCommand::List { json } => topic::list(&client, json),
                 TopicCommand::Describe { name, json } => topic::describe(&client, &name, json),
+                TopicCommand::Alter { name, partitions } => {
+                    topic::alter(&client, &name, partitions)
+                }
                 TopicCommand::Delete { name } => topic::delete(&client, &name),
             }
         }
