@@ -1,7 +1,9 @@
 //! Consumer groups (DESIGN.md 3.5): membership, assignment, committed
 //! offsets.
 //!
-//! * [`coordinator`]: one group's membership state machine (pure).
+//! * [`coordinator`]: one group's membership state machine (pure), for
+//!   server-assigned groups and for client-assigned ones (Kafka's classic
+//!   protocol: a leader member assigns, SyncGroup relays).
 //! * [`assignor`]: range, round-robin and sticky assignment (pure).
 //! * [`offsets`]: records of the internal `__consumer_offsets` topic and
 //!   their replay.

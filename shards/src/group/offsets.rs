@@ -15,6 +15,14 @@
 //! Layouts are versioned by their first byte so that a later broker can
 //! read what this one wrote; an unknown version is skipped with a warning
 //! rather than failing the coordinator.
+//!
+//! Client-assigned groups (Kafka's classic protocol) use the same records:
+//! their offsets go under instance "" like a clustering group's, and the
+//! group record keeps only the generation (mode clustering). Their
+//! protocol type, chosen protocol, leader and assignments are not stored:
+//! members are not persisted, so after a restart the group is empty, any
+//! kind of member may take it over, and there is nothing to check a join
+//! against. The layouts are therefore unchanged from version 1.
 
 use std::collections::BTreeMap;
 
@@ -334,6 +342,50 @@ mod tests {
             group: "g".into(),
             meta: None,
         });
+    }
+
+    /// Bytes as version 1 of the broker wrote them: logs written before
+    /// client-assigned groups existed must keep decoding to the same state.
+    #[test]
+    fn version_1_records_still_decode() {
+        let group_key = b"\x01\x02\x00\x01g";
+        let group_value = b"\x01\x00\x00\x00\x07\x01\x02";
+        assert_eq!(
+            OffsetsRecord::decode(group_key, Some(group_value)).unwrap(),
+            OffsetsRecord::Group {
+                group: "g".into(),
+                meta: Some(GroupMeta {
+                    generation: 7,
+                    mode: GroupMode::Broadcasting,
+                    assignor: Assignor::RoundRobin,
+                }),
+            }
+        );
+        let offset_key = b"\x01\x01\x00\x01g\x00\x00\x00\x01t\x00\x00\x00\x03";
+        let mut offset_value = vec![1u8];
+        offset_value.extend_from_slice(&42i64.to_be_bytes());
+        offset_value.extend_from_slice(&1_000i64.to_be_bytes());
+        offset_value.extend_from_slice(b"\x00\x02md");
+        let record = OffsetsRecord::decode(offset_key, Some(&offset_value)).unwrap();
+        assert_eq!(
+            record,
+            OffsetsRecord::Offset {
+                group: "g".into(),
+                key: OffsetKey {
+                    instance_id: String::new(),
+                    topic: "t".into(),
+                    partition: 3,
+                },
+                value: Some(Committed {
+                    offset: 42,
+                    metadata: "md".into(),
+                    commit_time_ms: 1_000,
+                }),
+            }
+        );
+        // And this version writes exactly those bytes.
+        assert_eq!(record.key_bytes(), offset_key);
+        assert_eq!(record.value_bytes().unwrap(), offset_value);
     }
 
     #[test]

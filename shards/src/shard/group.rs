@@ -5,7 +5,8 @@
 //! coordinator shard; FindCoordinator lets clients go there directly.
 //!
 //! What this glue adds to the pure state machine (`group::coordinator`):
-//! * joins wait (a long poll) until their rebalance completes;
+//! * joins wait (a long poll) until their rebalance completes, and the
+//!   SyncGroups of client-assigned groups until their leader's arrives;
 //! * commits and generations are appended to the offsets partition, and a
 //!   commit is acknowledged only once an fdatasync covers it;
 //! * a ticker expires sessions and ends overdue rebalances;
@@ -28,9 +29,9 @@ use ringmq_wire::envelope::{RequestBody, ResponseBody};
 use ringmq_wire::error::{ApiError, ErrorCode};
 use ringmq_wire::group_api::{
     CommittedOffset, DescribeGroupResponse, FindCoordinatorResponse, GroupListing, GroupMember,
-    JoinGroupRequest, JoinGroupResponse, ListGroupsResponse, OffsetCommitPartitionResult,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetCommitTopicResult, OffsetFetchRequest,
-    OffsetFetchResponse,
+    JoinGroupRequest, ListGroupsResponse, OffsetCommitPartitionResult, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetCommitTopicResult, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest,
 };
 
 use super::{log_error_to_api, now_ms, Shard};
@@ -43,7 +44,9 @@ use crate::mesh::{ShardRequest, ShardResponse};
 const GROUP_TICK_MS: u64 = 50;
 /// Records per batch when writing a compaction snapshot.
 const SNAPSHOT_BATCH_RECORDS: usize = 1_000;
-/// A join waits at most this long past its rebalance timeout.
+/// A join waits at most this long past its rebalance timeout, and a
+/// SyncGroup past the broker's largest rebalance timeout (the coordinator
+/// ends a CompletingRebalance by then; this only bounds the wait if not).
 const JOIN_GRACE_MS: u64 = 5_000;
 
 /// The groups this shard coordinates, and the fences of every group.
@@ -61,16 +64,31 @@ pub(crate) struct GroupHost {
 
 struct GroupSlot {
     group: Group,
-    /// Notified whenever a rebalance of this group completes.
-    completed: Rc<Event>,
+    /// Notified whenever the group's state or generation changes: a
+    /// rebalance starts or completes, or a leader's assignment arrives.
+    /// Waiting joins and syncs then look again.
+    changed: Rc<Event>,
 }
 
 impl GroupSlot {
     fn new(group: Group) -> GroupSlot {
         GroupSlot {
             group,
-            completed: Rc::new(Event::new()),
+            changed: Rc::new(Event::new()),
         }
+    }
+
+    /// Runs `f` on the group and wakes the waiters if it changed state or
+    /// generation. Every mutation goes through here, so no transition can
+    /// leave a waiter asleep (every one that answers a waiter changes one
+    /// of the two).
+    fn update<T>(&mut self, f: impl FnOnce(&mut Group) -> T) -> T {
+        let before = (self.group.state, self.group.generation);
+        let out = f(&mut self.group);
+        if (self.group.state, self.group.generation) != before {
+            self.changed.notify(usize::MAX);
+        }
+        out
     }
 }
 
@@ -81,6 +99,7 @@ fn group_of(body: &RequestBody) -> Option<&str> {
     Some(match body {
         RequestBody::FindCoordinator(r) => &r.group,
         RequestBody::JoinGroup(r) => &r.group,
+        RequestBody::SyncGroup(r) => &r.group,
         RequestBody::Heartbeat(r) => &r.group,
         RequestBody::LeaveGroup(r) => &r.group,
         RequestBody::OffsetCommit(r) => &r.group,
@@ -176,6 +195,7 @@ impl Shard {
         }
         match body {
             RequestBody::JoinGroup(r) => self.join_group(r).await,
+            RequestBody::SyncGroup(r) => self.sync_group(r).await,
             RequestBody::Heartbeat(r) => {
                 self.with_group(&r.group, |g| {
                     g.heartbeat(&r.member_id, r.generation, now_ms())
@@ -207,7 +227,7 @@ impl Shard {
     ) -> Result<T, ApiError> {
         let mut groups = self.groups.groups.borrow_mut();
         match groups.get_mut(group) {
-            Some(slot) => f(&mut slot.group),
+            Some(slot) => slot.update(f),
             None => Err(ApiError::new(
                 ErrorCode::UnknownMemberId,
                 format!("group {group:?} has no members here (the broker may have restarted); rejoin with an empty member id"),
@@ -234,7 +254,10 @@ impl Shard {
             crate::catalog::validate_topic_name(topic)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
         }
-        let (member_id, completed) = {
+        for protocol in &request.protocols {
+            bounded("protocol name", &protocol.name)?;
+        }
+        let (member_id, changed) = {
             let seq = self.groups.next_member.get() + 1;
             self.groups.next_member.set(seq);
             let prefix = if request.client_id.is_empty() {
@@ -248,8 +271,8 @@ impl Shard {
                 .entry(request.group.clone())
                 .or_insert_with(|| GroupSlot::new(Group::new(request.group.clone(), None)));
             let settings = self.config.group_settings;
-            let joined = slot.group.join(&request, &settings, || fresh, now_ms())?;
-            (joined.member_id, slot.completed.clone())
+            let joined = slot.update(|g| g.join(&request, &settings, || fresh, now_ms()))?;
+            (joined.member_id, slot.changed.clone())
         };
         self.try_complete(&request.group);
         let wait_ms = u64::from(request.rebalance_timeout_ms).min(u64::from(
@@ -257,7 +280,7 @@ impl Shard {
         )) + JOIN_GRACE_MS;
         let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
-            let listener = completed.listen();
+            let listener = changed.listen();
             if let Some(outcome) = self.join_outcome(&request.group, &member_id) {
                 return outcome;
             }
@@ -284,27 +307,70 @@ impl Shard {
         let Some(slot) = groups.get(group) else {
             return Some(Err(group_not_found(group)));
         };
-        let g = &slot.group;
-        let Some(member) = g.members.get(member_id) else {
-            return Some(Err(ApiError::new(
-                ErrorCode::UnknownMemberId,
-                format!("member {member_id:?} was dropped from group {group:?} during the rebalance; rejoin"),
-            )));
+        let outcome = slot.group.join_outcome(member_id)?;
+        Some(outcome.map(ResponseBody::JoinGroup))
+    }
+
+    /// SyncGroup of a client-assigned group: the leader's stores the
+    /// generation's assignment; a follower's waits (a long poll) until the
+    /// leader's arrives, a rebalance starts or the member is dropped.
+    async fn sync_group(self: Rc<Self>, request: SyncGroupRequest) -> GroupResult {
+        bounded("member id", &request.member_id)?;
+        let (changed, fence) = {
+            let mut groups = self.groups.groups.borrow_mut();
+            let Some(slot) = groups.get_mut(&request.group) else {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownMemberId,
+                    format!("group {:?} has no members here (the broker may have restarted); rejoin with an empty member id", request.group),
+                ));
+            };
+            let assigned = slot.update(|g| g.sync(&request, now_ms()))?;
+            (
+                slot.changed.clone(),
+                assigned.then(|| Rc::new(slot.group.fence())),
+            )
         };
-        if member.awaiting_join {
-            return None;
+        if let Some(fence) = fence {
+            tracing::info!(
+                group = %request.group,
+                generation = fence.generation,
+                members = fence.members.len(),
+                "leader's assignment stored"
+            );
+            self.publish_fence(request.group.clone(), Some(fence));
         }
-        Some(Ok(ResponseBody::JoinGroup(JoinGroupResponse {
-            member_id: member_id.to_string(),
-            generation: g.generation,
-            mode: g.mode,
-            assignor: g.assignor,
-            assignment: member.assignment_by_topic(),
-            heartbeat_interval_ms: (member.session_timeout_ms / 3).max(100),
-            session_timeout_ms: member.session_timeout_ms,
-            member_count: g.members.len() as u32,
-            ..Default::default()
-        })))
+        let wait_ms =
+            u64::from(self.config.group_settings.max_rebalance_timeout_ms) + JOIN_GRACE_MS;
+        let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let listener = changed.listen();
+            let outcome = {
+                let groups = self.groups.groups.borrow();
+                match groups.get(&request.group) {
+                    None => Some(Err(group_not_found(&request.group))),
+                    Some(slot) => slot
+                        .group
+                        .sync_outcome(&request.member_id, request.generation),
+                }
+            };
+            if let Some(outcome) = outcome {
+                return outcome.map(ResponseBody::SyncGroup);
+            }
+            let shutdown = self.shutdown_listener();
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.is_shutting_down() || remaining.is_zero() {
+                return Err(ApiError::new(
+                    ErrorCode::RebalanceInProgress,
+                    "the group's leader did not send its assignment in time; rejoin",
+                ));
+            }
+            listener
+                .or(shutdown)
+                .or(async {
+                    glommio::timer::sleep(remaining).await;
+                })
+                .await;
+        }
     }
 
     /// Completes `group`'s rebalance if it can; on a new generation wakes
@@ -316,10 +382,9 @@ impl Shard {
             let Some(slot) = groups.get_mut(group) else {
                 return;
             };
-            if !slot.group.try_complete(now_ms(), &counts) {
+            if !slot.update(|g| g.try_complete(now_ms(), &counts)) {
                 return;
             }
-            slot.completed.notify(usize::MAX);
             (slot.group.meta(), Rc::new(slot.group.fence()))
         };
         let (meta, fence) = completed;
@@ -369,7 +434,7 @@ impl Shard {
             Some(fence) => {
                 let stale = fences
                     .get(group)
-                    .is_some_and(|old| old.generation > fence.generation);
+                    .is_some_and(|old| old.is_newer_than(&fence));
                 if !stale {
                     fences.insert(group.to_string(), Rc::new(fence));
                 }
@@ -411,7 +476,7 @@ impl Shard {
                 groups
                     .iter_mut()
                     .filter_map(|(name, slot)| {
-                        let dropped = slot.group.expire(now);
+                        let dropped = slot.update(|g| g.expire(now));
                         if dropped > 0 {
                             tracing::info!(group = %name, dropped, "member sessions expired");
                         }
@@ -430,7 +495,7 @@ impl Shard {
         let counts = self.partition_counts();
         let now = now_ms();
         for (name, slot) in self.groups.groups.borrow_mut().iter_mut() {
-            if slot.group.on_partition_counts(&counts, now) {
+            if slot.update(|g| g.on_partition_counts(&counts, now)) {
                 tracing::info!(group = %name, "subscribed topics changed; rebalancing");
             }
         }
@@ -595,7 +660,8 @@ impl Shard {
                 topics: m.topics.clone(),
                 assignment: m.assignment_by_topic(),
                 since_heartbeat_ms: (now - m.last_seen_ms).clamp(0, u32::MAX as i64) as u32,
-                ..Default::default()
+                metadata: m.metadata_for(&g.protocol_name).to_vec(),
+                assignment_bytes: m.assignment_bytes.clone(),
             })
             .collect();
         Ok(ResponseBody::DescribeGroup(DescribeGroupResponse {
@@ -611,7 +677,8 @@ impl Shard {
                 .iter()
                 .map(|(k, c)| committed_offset(k, c))
                 .collect(),
-            ..Default::default()
+            protocol_type: g.protocol_type.clone(),
+            protocol_name: g.protocol_name.clone(),
         }))
     }
 

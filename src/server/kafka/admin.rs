@@ -422,7 +422,11 @@ fn config_entry(
 /// unique: see `ProducerIds`.
 pub fn init_producer_id(call: &Call, body: km::InitProducerIdRequest) -> Option<Bytes> {
     let mut response = km::InitProducerIdResponse::default();
-    if body.transactional_id.is_some() {
+    if body
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+    {
         response.error_code = kafka_code(ErrorCode::InvalidRequest);
         response.producer_id = km::ProducerId(-1);
         response.producer_epoch = -1;

@@ -319,7 +319,11 @@ async fn produce(call: Call, body: km::ProduceRequest, frame: Bytes) -> Completi
             call.respond(&response)
         })
     };
-    if body.transactional_id.is_some() {
+    if body
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+    {
         return reject(
             ErrorCode::InvalidRequest,
             "transactional producers are not supported by ringmq; unset transactional.id".into(),
