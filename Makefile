@@ -21,9 +21,41 @@ build:
 	$(CARGO) build --release --workspace --bins
 
 ## Every test, after checking the generated code is fresh.
-test: check-gen
+test: check-gen kafka-test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
+
+# Kafka client test dependencies (tests/kafka_clients.rs): kcat from Debian
+# and a venv with the pinned Python clients of tests/kafka/requirements.txt.
+KAFKA_VENV := target/kafka-venv
+KAFKA_REQS := tests/kafka/requirements.txt
+KAFKA_PYTHON ?= python3
+
+.PHONY: kafka-test-deps
+
+## kcat on PATH and target/kafka-venv with confluent-kafka and kafka-python;
+## a no-op when both are already there.
+kafka-test-deps:
+	@command -v kcat >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	  else echo "kafka-test-deps: kcat is missing and installing it needs root or sudo: apt-get install kcat"; exit 1; fi; \
+	  echo "kafka-test-deps: installing kcat (apt-get)"; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq kcat >/dev/null || \
+	    { echo "kafka-test-deps: apt-get install kcat failed"; exit 1; }; \
+	  command -v kcat >/dev/null 2>&1 || { echo "kafka-test-deps: kcat still not on PATH after apt-get install kcat"; exit 1; }; \
+	}
+	@if cmp -s $(KAFKA_REQS) $(KAFKA_VENV)/requirements.installed && \
+	   $(KAFKA_VENV)/bin/python -c "import confluent_kafka, kafka" 2>/dev/null; then :; else \
+	  echo "kafka-test-deps: creating $(KAFKA_VENV) from $(KAFKA_REQS)"; \
+	  rm -rf $(KAFKA_VENV) && \
+	  $(KAFKA_PYTHON) -m venv $(KAFKA_VENV) && \
+	  $(KAFKA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(KAFKA_REQS) && \
+	  $(KAFKA_VENV)/bin/python -c "import confluent_kafka, kafka" && \
+	  cp $(KAFKA_REQS) $(KAFKA_VENV)/requirements.installed || \
+	    { echo "kafka-test-deps: could not install $(KAFKA_REQS) into $(KAFKA_VENV)"; exit 1; }; \
+	fi
 
 ## The standard workloads W1-W5 with same-run hardware baselines (BENCHMARKS.md).
 bench: build

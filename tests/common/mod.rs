@@ -97,6 +97,10 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub port: u16,
     pub http_port: u16,
+    /// The shared Kafka listener (`--kafka`); the per-shard Kafka brokers
+    /// get ephemeral ports (`--kafka-shard-port-base 0`) that Metadata
+    /// reports. Kept across `restart`.
+    pub kafka_port: u16,
     pub shards: usize,
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -118,6 +122,7 @@ impl Broker {
             data_dir: temp.path().join("data"),
             port: free_port(),
             http_port: free_port(),
+            kafka_port: free_port(),
             shards,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -133,6 +138,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
             http_port: free_port(),
+            kafka_port: free_port(),
             shards,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -150,6 +156,11 @@ impl Broker {
         self.addr().parse().unwrap()
     }
 
+    /// The shared Kafka port, as a bootstrap address for Kafka clients.
+    pub fn kafka_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(bin_path("ringmq"));
         cmd.arg("serve")
@@ -162,8 +173,20 @@ impl Broker {
             .arg("--shards")
             .arg(self.shards.to_string())
             .arg("--shard-port-base")
-            .arg("0")
-            .args(&self.extra_args)
+            .arg("0");
+        // A test that sets its own Kafka options (e.g. `--kafka off`) keeps them.
+        let has = |flag: &str| {
+            self.extra_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        if !has("--kafka") {
+            cmd.arg("--kafka").arg(self.kafka_addr());
+        }
+        if !has("--kafka-shard-port-base") {
+            cmd.arg("--kafka-shard-port-base").arg("0");
+        }
+        cmd.args(&self.extra_args)
             .env(
                 "RINGMQ_LOG",
                 std::env::var("RINGMQ_LOG").unwrap_or_else(|_| "warn".into()),
@@ -222,6 +245,7 @@ impl Broker {
         assert!(self.child.is_none(), "stop the broker first");
         wait_port_released(self.port);
         wait_port_released(self.http_port);
+        wait_port_released(self.kafka_port);
         self.spawn();
     }
 

@@ -17,6 +17,13 @@ use super::handlers::Call;
 const DEFAULT_PARTITIONS: u32 = 1;
 /// Kafka's cluster id is a base64 UUID; ours names the product.
 const CLUSTER_ID: &str = "ringmq";
+/// Authorized-operation bitfields (Kafka's AclOperation codes) for clients
+/// that ask (Metadata v8+): ringmq has no ACLs, so everything is allowed.
+/// Only codes up to IDEMPOTENT_WRITE (12): some clients reject codes they
+/// do not know.
+const CLUSTER_OPERATIONS: i32 = 1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
+const TOPIC_OPERATIONS: i32 =
+    1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
 const CONFIG_RESOURCE_TOPIC: i8 = 2;
 const CONFIG_RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs `config_source`: DYNAMIC_TOPIC_CONFIG.
@@ -131,12 +138,22 @@ pub async fn metadata(call: Call, body: km::MetadataRequest) -> Option<Bytes> {
                 .with_is_internal(v >= 1 && t.name.starts_with("__"))
                 .with_name(Some(str_bytes(&t.name).into()))
                 .with_partitions(partitions)
+                .with_topic_authorized_operations(if body.include_topic_authorized_operations {
+                    TOPIC_OPERATIONS
+                } else {
+                    i32::MIN
+                })
         })
         .collect();
     let response = km::MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id((v >= 2).then(|| str_bytes(CLUSTER_ID)))
         .with_controller_id(BrokerId(if v >= 1 { 0 } else { -1 }))
+        .with_cluster_authorized_operations(if body.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        })
         .with_topics(topics);
     call.respond(&response)
 }

@@ -550,7 +550,12 @@ pub async fn describe_groups(call: Call, body: km::DescribeGroupsRequest) -> Opt
                 group: name.clone(),
             }))
             .await;
-        groups.push(described(&name, result));
+        let mut group = described(&name, result);
+        if body.include_authorized_operations {
+            // No ACLs: READ, DELETE and DESCRIBE are allowed.
+            group.authorized_operations = 1 << 3 | 1 << 6 | 1 << 8;
+        }
+        groups.push(group);
     }
     call.respond(&km::DescribeGroupsResponse::default().with_groups(groups))
 }
