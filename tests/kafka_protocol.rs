@@ -336,6 +336,50 @@ fn idempotent_sequences_through_the_kafka_port() {
 }
 
 #[test]
+fn validate_only_checks_without_creating() {
+    let broker = common::Broker::start(1);
+    let mut native = common::RawConn::connect(&broker.addr());
+    native.create_topic("exists", 1);
+    let mut conn = KafkaConn::connect(&broker.kafka_addr());
+    let create = |name: &str, partitions: i32| {
+        km::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)
+    };
+    let r: km::CreateTopicsResponse = conn.call(
+        ApiKey::CreateTopics,
+        5,
+        &km::CreateTopicsRequest::default()
+            .with_validate_only(true)
+            .with_topics(vec![
+                create("exists", 1),
+                create("fresh", 2),
+                create("zero", 0),
+            ]),
+    );
+    let code = |name: &str| {
+        r.topics
+            .iter()
+            .find(|t| t.name.as_str() == name)
+            .unwrap()
+            .error_code
+    };
+    assert_eq!(code("exists"), 36, "TOPIC_ALREADY_EXISTS");
+    assert_eq!(code("fresh"), 0);
+    assert_eq!(code("zero"), 37, "INVALID_PARTITIONS");
+    let m: km::MetadataResponse = conn.call(
+        ApiKey::Metadata,
+        9,
+        &km::MetadataRequest::default().with_topics(Some(vec![
+            km::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(topic_name("fresh"))),
+        ])),
+    );
+    assert_eq!(m.topics[0].error_code, 3, "validate_only created nothing");
+}
+
+#[test]
 fn bad_input_gets_an_answer_or_a_close_and_other_connections_go_on() {
     let broker = common::Broker::start(1);
     let mut healthy = KafkaConn::connect(&broker.kafka_addr());

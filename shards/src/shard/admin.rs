@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ringmq_wire::envelope::{
     ApiKey, ApiVersionRange, ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteTopicsRequest, MetadataRequest, MetadataResponse, PartitionMetadata, ResponseBody,
-    TopicMetadata, TopicResult, TopicResults, API_VERSION,
+    DeleteTopicsRequest, MetadataRequest, MetadataResponse, NewPartitions, NewTopic,
+    PartitionMetadata, ResponseBody, TopicMetadata, TopicResult, TopicResults, API_VERSION,
 };
 use ringmq_wire::error::{ApiError, ErrorCode};
 
@@ -33,6 +33,33 @@ fn catalog_error_to_api(err: &CatalogError) -> ApiError {
         CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
     };
     ApiError::new(code, err.to_string())
+}
+
+/// Pairs each item with its topic name.
+fn named<T>(items: Vec<T>, name: impl Fn(&T) -> String) -> Vec<(String, T)> {
+    items.into_iter().map(|t| (name(&t), t)).collect()
+}
+
+/// Applies one catalog change per named item, each to the catalog as
+/// changed by the items before it. One result per item, in order.
+fn apply_changes<T>(
+    catalog: &Catalog,
+    items: Vec<(String, T)>,
+    change: impl Fn(&Catalog, &str, &T) -> Result<Catalog, CatalogError>,
+) -> (Catalog, Vec<TopicResult>) {
+    let mut next = catalog.clone();
+    let mut results = Vec::with_capacity(items.len());
+    for (name, item) in items {
+        let error = match change(&next, &name, &item) {
+            Ok(changed) => {
+                next = changed;
+                None
+            }
+            Err(err) => Some(catalog_error_to_api(&err)),
+        };
+        results.push(TopicResult { name, error });
+    }
+    (next, results)
 }
 
 impl Shard {
@@ -161,80 +188,78 @@ impl Shard {
         &self,
         request: CreateTopicsRequest,
     ) -> TopicResults {
-        assert_eq!(self.id(), CONTROLLER_SHARD);
-        let _permit = self
-            .controller_lock
-            .acquire_permit(1)
+        let topics = named(request.topics, |t| t.name.clone());
+        self.controller_apply(topics, |c, n, t| self.create_topic_change(c, n, t))
             .await
-            .expect("controller lock never closes");
-        let mut next = (*self.catalog()).clone();
-        let mut results = Vec::with_capacity(request.topics.len());
-        for topic in request.topics {
-            let entry = self
-                .config
-                .default_topic_config
-                .clone()
-                .with_overrides(&topic.configs)
-                .map(|config| TopicEntry {
-                    name: topic.name.clone(),
-                    partitions: topic.partitions,
-                    config,
-                    created_ms: now_ms(),
-                })
-                .and_then(|entry| next.with_topic(entry));
-            match entry {
-                Ok(catalog) => {
-                    next = catalog;
-                    results.push(TopicResult {
-                        name: topic.name,
-                        error: None,
-                    });
-                }
-                Err(err) => results.push(TopicResult {
-                    name: topic.name,
-                    error: Some(catalog_error_to_api(&err)),
-                }),
-            }
-        }
-        self.commit_catalog(next, &mut results).await;
-        TopicResults { results }
     }
 
     pub(super) async fn controller_delete_topics(
         &self,
         request: DeleteTopicsRequest,
     ) -> TopicResults {
-        assert_eq!(self.id(), CONTROLLER_SHARD);
-        let _permit = self
-            .controller_lock
-            .acquire_permit(1)
+        let names = named(request.names, String::clone);
+        self.controller_apply(names, |catalog, name, _| catalog.without_topic(name))
             .await
-            .expect("controller lock never closes");
-        let mut next = (*self.catalog()).clone();
-        let mut results = Vec::with_capacity(request.names.len());
-        for name in request.names {
-            match next.without_topic(&name) {
-                Ok(catalog) => {
-                    next = catalog;
-                    results.push(TopicResult { name, error: None });
-                }
-                Err(err) => results.push(TopicResult {
-                    name,
-                    error: Some(catalog_error_to_api(&err)),
-                }),
-            }
-        }
-        self.commit_catalog(next, &mut results).await;
-        TopicResults { results }
     }
 
-    /// Validates each topic's new count against the catalog as changed by
-    /// the topics before it, persists the result once, and answers after
-    /// every shard has opened the new partitions it owns: a client told
-    /// "ok" can produce to any new partition at once.
+    /// Answers after every shard has opened the new partitions it owns: a
+    /// client told "ok" can produce to any new partition at once.
     pub(super) async fn controller_create_partitions(
         &self,
         request: CreatePartitionsRequest,
+    ) -> TopicResults {
+        let topics = named(request.topics, |t| t.name.clone());
+        self.controller_apply(topics, |catalog, name, t| {
+            catalog.with_partitions(name, t.count)
+        })
+        .await
+    }
+
+    /// What CreateTopics would answer, checked against this shard's catalog
+    /// snapshot and changing nothing (Kafka's `validate_only`). The snapshot
+    /// can lag the controller's by one catalog push.
+    pub fn validate_create_topics(&self, topics: Vec<NewTopic>) -> TopicResults {
+        let topics = named(topics, |t| t.name.clone());
+        let (_, results) = apply_changes(&self.catalog(), topics, |c, n, t| {
+            self.create_topic_change(c, n, t)
+        });
+        TopicResults { results }
+    }
+
+    /// What CreatePartitions would answer; see `validate_create_topics`.
+    pub fn validate_create_partitions(&self, topics: Vec<NewPartitions>) -> TopicResults {
+        let topics = named(topics, |t| t.name.clone());
+        let (_, results) = apply_changes(&self.catalog(), topics, |catalog, name, t| {
+            catalog.with_partitions(name, t.count)
+        });
+        TopicResults { results }
+    }
+
+    fn create_topic_change(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        topic: &NewTopic,
+    ) -> Result<Catalog, CatalogError> {
+        let config = self
+            .config
+            .default_topic_config
+            .clone()
+            .with_overrides(&topic.configs)?;
+        catalog.with_topic(TopicEntry {
+            name: name.to_string(),
+            partitions: topic.partitions,
+            config,
+            created_ms: now_ms(),
+        })
+    }
+
+    /// Applies the changes under the controller lock, then persists and
+    /// pushes the result once.
+    async fn controller_apply<T>(
+        &self,
+        items: Vec<(String, T)>,
+        change: impl Fn(&Catalog, &str, &T) -> Result<Catalog, CatalogError>,
     ) -> TopicResults {
         assert_eq!(self.id(), CONTROLLER_SHARD);
         let _permit = self
@@ -242,23 +267,7 @@ impl Shard {
             .acquire_permit(1)
             .await
             .expect("controller lock never closes");
-        let mut next = (*self.catalog()).clone();
-        let mut results = Vec::with_capacity(request.topics.len());
-        for topic in request.topics {
-            match next.with_partitions(&topic.name, topic.count) {
-                Ok(catalog) => {
-                    next = catalog;
-                    results.push(TopicResult {
-                        name: topic.name,
-                        error: None,
-                    });
-                }
-                Err(err) => results.push(TopicResult {
-                    name: topic.name,
-                    error: Some(catalog_error_to_api(&err)),
-                }),
-            }
-        }
+        let (next, mut results) = apply_changes(&self.catalog(), items, change);
         self.commit_catalog(next, &mut results).await;
         TopicResults { results }
     }

@@ -228,17 +228,11 @@ pub async fn create_topics(call: Call, body: km::CreateTopicsRequest) -> Option<
         .map(|t| (t.name.clone(), t.partitions))
         .collect();
     let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
-    let mut results = if topics.is_empty() || body.validate_only {
-        // validate_only: ringmq validates while creating; say so honestly
-        // by creating nothing and reporting no error for well-formed input.
+    let mut results = if body.validate_only {
+        call.ctx.shard.validate_create_topics(topics)
+    } else if topics.is_empty() {
         TopicResults {
-            results: names
-                .iter()
-                .map(|n| ringmq_wire::envelope::TopicResult {
-                    name: n.clone(),
-                    error: None,
-                })
-                .collect(),
+            results: Vec::new(),
         }
     } else {
         results_or(
@@ -335,15 +329,7 @@ pub async fn create_partitions(call: Call, body: km::CreatePartitionsRequest) ->
         .collect();
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
     let results = if body.validate_only {
-        TopicResults {
-            results: names
-                .iter()
-                .map(|n| ringmq_wire::envelope::TopicResult {
-                    name: n.clone(),
-                    error: None,
-                })
-                .collect(),
-        }
+        call.ctx.shard.validate_create_partitions(topics)
     } else {
         results_or(
             call.call(RequestBody::CreatePartitions(CreatePartitionsRequest {

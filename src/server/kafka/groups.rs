@@ -40,28 +40,27 @@ fn code_of<T>(result: &Result<T, ApiError>) -> i16 {
         .unwrap_or(0)
 }
 
+/// Decodes "consumer" protocol metadata or assignment bytes: a big-endian
+/// i16 schema version, then the body. `None` for bytes that do not decode
+/// (the protocol's bytes are the client's business; ringmq only reads them).
+fn consumer_protocol<T: Decodable>(bytes: &Bytes) -> Option<T> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(0, MAX_CONSUMER_PROTOCOL_VERSION);
+    T::decode(&mut bytes.slice(2..), version).ok()
+}
+
 /// The topics of a "consumer" protocol subscription.
 fn subscription_topics(metadata: &Bytes) -> Vec<String> {
-    let mut buf = metadata.clone();
-    if buf.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([buf[0], buf[1]]).clamp(0, MAX_CONSUMER_PROTOCOL_VERSION);
-    let _ = bytes::Buf::get_i16(&mut buf);
-    km::ConsumerProtocolSubscription::decode(&mut buf, version)
+    consumer_protocol::<km::ConsumerProtocolSubscription>(metadata)
         .map(|s| s.topics.iter().map(|t| t.as_str().to_string()).collect())
         .unwrap_or_default()
 }
 
-/// The partitions of a "consumer" protocol assignment.
+/// The partitions of a "consumer" protocol assignment, sorted.
 fn assignment_partitions(assignment: &Bytes) -> Vec<TopicPartitions> {
-    let mut buf = assignment.clone();
-    if buf.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([buf[0], buf[1]]).clamp(0, MAX_CONSUMER_PROTOCOL_VERSION);
-    let _ = bytes::Buf::get_i16(&mut buf);
-    let Ok(decoded) = km::ConsumerProtocolAssignment::decode(&mut buf, version) else {
+    let Some(decoded) = consumer_protocol::<km::ConsumerProtocolAssignment>(assignment) else {
         return Vec::new();
     };
     let mut out: Vec<TopicPartitions> = decoded
