@@ -353,6 +353,9 @@ async fn simulate(seed: u64, steps: u64, rerun: &str) -> Counts {
         max_write_bytes: [4 << 10, 64 << 10][rng.below(2) as usize],
         max_queued_bytes: 1 << 20,
         checkpoint_interval_ms: [0, 1000][rng.below(2) as usize],
+        // Off, a step smaller than a segment, the default (capped at the
+        // segment size): the zero tails it leaves must read as clean ends.
+        preallocate_bytes: [0, 4 << 10, 32 << 20][rng.below(3) as usize],
     };
     let (_, faults) = FaultyStorage::wrap(GlommioStorage::new(), seed);
     let log = Sim::open(&faults, &dir, &config).await;

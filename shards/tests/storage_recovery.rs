@@ -1,5 +1,5 @@
-//! Recovery: torn tails at every byte, zero-filled tails, index rebuilds,
-//! corruption below the durable checkpoint.
+//! Recovery: torn tails at every byte, zero-filled tails (preallocated
+//! space), index rebuilds, corruption below the durable checkpoint.
 
 mod storage_util;
 
@@ -32,7 +32,7 @@ fn flip_bit(path: &Path, position: u64) {
 /// Appends batches (fsync) and drops the log without closing it: a crash
 /// after every append was acknowledged. Returns the batch end positions.
 async fn build_and_crash(dir: &Path, config: LogConfig, sizes: &[usize]) -> Vec<u64> {
-    let log = open(dir, config).await;
+    let log = open(dir, config.clone()).await;
     let mut ends = Vec::new();
     let mut pos = 0u64;
     let mut last = None;
@@ -48,6 +48,9 @@ async fn build_and_crash(dir: &Path, config: LogConfig, sizes: &[usize]) -> Vec<
         ends.push(pos);
     }
     last.unwrap().durable.await.unwrap();
+    // The segment is preallocated beside the writes: crash once that is done
+    // too, so that the file has its zero tail.
+    wait_allocator_idle(&log).await;
     drop(log);
     ends
 }
@@ -67,10 +70,15 @@ fn torn_tail_at_every_byte_of_the_last_batch() {
         let full_end: i64 = counts.iter().sum();
         let prev_end: i64 = full_end - counts[counts.len() - 1];
         let log_file = segment_files(&base, "log").remove(0);
-        let file_len = std::fs::metadata(&log_file).unwrap().len();
+        let original = std::fs::read(&log_file).unwrap();
+        let file_len = original.len() as u64;
         assert_eq!(file_len % 4096, 0, "O_DIRECT writes pad to the block");
         let last_start = ends[ends.len() - 2];
         let last_end = ends[ends.len() - 1];
+        assert!(
+            file_len > 4096 * (last_end / 4096 + 1),
+            "the segment is preallocated past its last block: {file_len}"
+        );
         // Every byte of the last batch, then a sample of the padding.
         let cuts: Vec<u64> = (last_start..last_end)
             .chain((last_end..=file_len).step_by(509))
@@ -89,11 +97,23 @@ fn torn_tail_at_every_byte_of_the_last_batch() {
             assert_eq!(log.log_end_offset(), want_end, "cut at {cut}");
             assert_eq!(log.high_watermark(), want_end);
             assert_eq!(log.size_bytes(), want_size);
-            assert_eq!(
-                log.recovery_report().truncated_bytes,
-                cut - want_size,
-                "cut at {cut}"
-            );
+            let report = log.recovery_report().clone();
+            // A stub of the batch header that holds only the zero high
+            // bytes of its base offset reads as zeros, like padding.
+            let zero_stub = original[last_start as usize..cut.min(last_end) as usize]
+                .iter()
+                .all(|&b| b == 0);
+            if cut >= last_end || zero_stub {
+                // Padding and preallocated space: zeros, a clean end.
+                assert_eq!(report.zero_tail_bytes, cut - want_size, "cut at {cut}");
+                assert_eq!(report.truncated_bytes, 0, "cut at {cut}");
+                assert!(report.torn_tail.is_none(), "cut at {cut}: {report:?}");
+            } else {
+                // Part of a batch: torn.
+                assert_eq!(report.truncated_bytes, cut - want_size, "cut at {cut}");
+                assert_eq!(report.zero_tail_bytes, 0, "cut at {cut}");
+                assert!(report.torn_tail.is_some(), "cut at {cut}");
+            }
             // Appends continue with the right offsets.
             let r = log.append(make_batch(2, 77, 5), Acks::Fsync).unwrap();
             assert_eq!(r.base_offset, want_end);
@@ -113,7 +133,7 @@ fn torn_tail_at_every_byte_of_the_last_batch() {
 }
 
 #[test]
-fn zero_filled_tail_is_cut_off() {
+fn zero_filled_tail_is_a_clean_end_and_is_trimmed() {
     run(|| async {
         let dir = tempdir();
         let sizes = [500, 500, 500];
@@ -124,11 +144,9 @@ fn zero_filled_tail_is_cut_off() {
         let log = open(dir.path(), small_config()).await;
         assert_eq!(log.log_end_offset(), 6);
         let report = log.recovery_report().clone();
-        assert!(
-            report.torn_tail.as_deref().unwrap().contains("zero"),
-            "{report:?}"
-        );
-        assert_eq!(report.truncated_bytes, len + 3 * 4096 - ends[2]);
+        assert!(report.torn_tail.is_none(), "{report:?}");
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(report.zero_tail_bytes, len + 3 * 4096 - ends[2]);
         assert_eq!(std::fs::metadata(&log_file).unwrap().len(), ends[2]);
         assert_eq!(read_all(&log, 0).await.len(), 3);
         log.close().await.unwrap();
@@ -317,7 +335,8 @@ fn crash_after_a_clean_restart_scans_from_the_last_index_entry() {
         let log = open(dir.path(), config).await;
         let report = log.recovery_report().clone();
         assert!(!report.clean_shutdown);
-        assert!(report.truncated_bytes > 0, "padding cut: {report:?}");
+        assert!(report.zero_tail_bytes > 0, "padding cut: {report:?}");
+        assert!(report.torn_tail.is_none(), "no torn batch: {report:?}");
         assert!(
             report.scanned_bytes < 60 * 461,
             "scanned only from the last trusted index entry: {report:?}"
@@ -352,5 +371,185 @@ fn crash_with_several_segments_recovers_all() {
         assert_eq!(read_all(&log, 0).await.len(), 30);
         log.close().await.unwrap();
         assert!(verify_dir(dir.path()).is_ok());
+    });
+}
+
+/// The active segment is preallocated ahead of the writes; a crash leaves
+/// the zeros past the last batch, which recovery takes as the end of the
+/// log: nothing acknowledged is lost, the file is trimmed, and new appends
+/// go right after the last batch.
+#[test]
+fn crash_in_a_preallocated_segment_ends_the_log_at_its_last_batch() {
+    run(|| async {
+        let dir = tempdir();
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            preallocate_bytes: 256 << 10,
+            ..small_config()
+        };
+        let log = open(dir.path(), config.clone()).await;
+        let mut sent = Vec::new();
+        let mut last = None;
+        for i in 0..20 {
+            let b = make_batch(2, 1000, 100 + i);
+            sent.push(b.clone());
+            last = Some(log.append(b, Acks::Fsync).unwrap());
+        }
+        last.unwrap().durable.await.unwrap();
+        wait_preallocations(&log, 1).await;
+        let logical = log.size_bytes();
+        assert_eq!(logical, 20 * 1061);
+        let log_file = segment_files(dir.path(), "log").remove(0);
+        let preallocated = file_len(&log_file);
+        assert!(
+            preallocated >= 256 << 10,
+            "the file is preallocated ahead of the {logical} bytes written: {preallocated}"
+        );
+        let on_disk = std::fs::read(&log_file).unwrap();
+        assert!(on_disk[logical as usize..].iter().all(|&b| b == 0));
+        drop(log); // crash
+
+        let log = open(dir.path(), config.clone()).await;
+        let report = log.recovery_report().clone();
+        assert_eq!(log.log_end_offset(), 40);
+        assert_eq!(log.size_bytes(), logical);
+        assert!(report.torn_tail.is_none(), "{report:?}");
+        assert_eq!(report.truncated_bytes, 0, "{report:?}");
+        assert_eq!(report.zero_tail_bytes, preallocated - logical, "{report:?}");
+        assert_eq!(file_len(&log_file), logical, "the zero tail is trimmed");
+        // Nothing lost or changed (base offsets are assigned on append).
+        let chunks = read_all(&log, 0).await;
+        assert_eq!(chunks.len(), 20);
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(header(c).base_offset, 2 * i as i64);
+            assert_eq!(&c[12..], &sent[i][12..], "batch {i}");
+        }
+        // The next append goes right after the last batch, in the file too.
+        let next = make_batch(3, 500, 999);
+        let r = log.append(next.clone(), Acks::Fsync).unwrap();
+        assert_eq!(r.base_offset, 40);
+        r.durable.await.unwrap();
+        wait_preallocations(&log, 1).await;
+        assert!(file_len(&log_file) > logical + 561, "preallocated again");
+        log.close().await.unwrap();
+        assert_eq!(
+            file_len(&log_file),
+            logical + 561,
+            "closing trims the slack"
+        );
+        let on_disk = std::fs::read(&log_file).unwrap();
+        assert_eq!(&on_disk[logical as usize + 12..], &next[12..]);
+        let report = verify_dir(dir.path());
+        assert!(report.is_ok() && report.warnings() == 0, "{report}");
+        assert_eq!(report.partitions[0].zero_tail_bytes, 0);
+        let log = open(dir.path(), config).await;
+        assert!(log.recovery_report().clean_shutdown);
+        assert_eq!(log.log_end_offset(), 43);
+        log.close().await.unwrap();
+    });
+}
+
+/// Sealed segments are trimmed to their last batch when the next one is
+/// created; only the active one carries preallocated zeros (which the
+/// verifier counts but does not flag), and closing trims it too.
+#[test]
+fn sealed_and_closed_segments_carry_no_preallocated_slack() {
+    run(|| async {
+        let dir = tempdir();
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            ..small_config()
+        };
+        let log = open(dir.path(), config.clone()).await;
+        // One write per append: each segment is preallocated after its
+        // first write, then written into.
+        for i in 0..100 {
+            let r = log.append(make_batch(1, 2000, i), Acks::Fsync).unwrap();
+            r.durable.await.unwrap();
+        }
+        assert!(log.segment_count() >= 3);
+        wait_allocator_idle(&log).await;
+        let before = log.stats().preallocations;
+        assert!(before >= log.segment_count() as u64, "{:?}", log.stats());
+        let logs = segment_files(dir.path(), "log");
+        let (active, sealed) = logs.split_last().unwrap();
+        for path in sealed {
+            assert_eq!(file_len(path) % 2061, 0, "{} has slack", path.display());
+        }
+        assert_ne!(file_len(active) % 2061, 0, "the active segment is preallocated");
+        let live = verify_dir(dir.path());
+        assert!(live.is_ok() && live.warnings() == 0, "{live}");
+        assert!(live.partitions[0].zero_tail_bytes > 0, "{live}");
+        assert_eq!(live.partitions[0].batches, 100);
+        log.close().await.unwrap();
+        for path in &logs {
+            assert_eq!(file_len(path) % 2061, 0, "{} has slack", path.display());
+        }
+        let closed = verify_dir(dir.path());
+        assert!(closed.is_ok() && closed.warnings() == 0, "{closed}");
+        assert_eq!(closed.partitions[0].zero_tail_bytes, 0);
+    });
+}
+
+/// A crash between the roll's trim and its fdatasync could leave a sealed
+/// segment with preallocated zeros: recovery trims them (the offsets still
+/// chain), but zeros that hide a sealed segment's last batch are an offset
+/// gap, refused as corruption.
+#[test]
+fn zeros_after_a_sealed_segment_are_trimmed_but_a_gap_is_refused() {
+    run(|| async {
+        let root = tempdir();
+        let base = root.path().join("base");
+        let config = LogConfig {
+            segment_bytes: 8192,
+            ..small_config()
+        };
+        let log = open(&base, config.clone()).await;
+        let mut last = None;
+        for i in 0..10 {
+            last = Some(log.append(make_batch(1, 2000, i), Acks::Fsync).unwrap());
+        }
+        last.unwrap().durable.await.unwrap();
+        log.close().await.unwrap();
+        let logs = segment_files(&base, "log");
+        assert!(logs.len() >= 3);
+        let first = logs[0].file_name().unwrap().to_owned();
+        let len = file_len(&logs[0]);
+
+        let dir = root.path().join("slack");
+        copy_dir(&base, &dir);
+        set_len(&dir.join(&first), len + 64 * 1024);
+        let log = open(&dir, config.clone()).await;
+        assert_eq!(log.log_end_offset(), 10);
+        assert_eq!(read_all(&log, 0).await.len(), 10);
+        assert_eq!(file_len(&dir.join(&first)), len, "trimmed");
+        log.close().await.unwrap();
+        let report = verify_dir(&dir);
+        assert!(report.is_ok() && report.warnings() == 0, "{report}");
+
+        // The verifier flags the untrimmed slack as a warning only.
+        let dir = root.path().join("slack-verify");
+        copy_dir(&base, &dir);
+        set_len(&dir.join(&first), len + 4096);
+        let report = verify_dir(&dir);
+        assert!(report.is_ok() && report.warnings() == 1, "{report}");
+
+        // The last batch of the sealed segment zeroed: a gap, not an end.
+        let dir = root.path().join("gap");
+        copy_dir(&base, &dir);
+        let mut data = std::fs::read(dir.join(&first)).unwrap();
+        let n = data.len();
+        data[n - 2061..].fill(0);
+        std::fs::write(dir.join(&first), data).unwrap();
+        std::fs::remove_file(dir.join(&first).with_extension("index")).unwrap();
+        let err = PartitionLog::open(storage(), &dir, config, Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LogError::Corrupt { reason, offset: 2, .. } if reason.contains("gap")),
+            "{err:?}"
+        );
+        assert_eq!(file_len(&dir.join(&first)), len, "nothing was cut");
+        assert!(!verify_dir(&dir).is_ok());
     });
 }

@@ -17,12 +17,16 @@
 //!   write possibly torn at a random byte or 512-byte sector; where a torn
 //!   write extended the file, the rest may read back as zeros), and a random
 //!   prefix of the pending directory operations, then rewrites the real files
-//!   with that state. Storage and file handles of the cycle before the power
+//!   with that state. A preallocation (`allocate`) is a pending operation
+//!   like a write: kept or dropped whole, and the space it added reads as
+//!   zeros wherever no kept write covers it (as unwritten extents do).
+//!   Storage and file handles of the cycle before the power
 //!   loss are dead from then on: every operation on them fails, so the old
 //!   log's tasks cannot touch the disk while recovery runs. Recover through a
 //!   fresh [`FaultHandle::storage`].
-//! * **EIO** from `write_at` or `fdatasync`, **ENOSPC** on `write_at` (until
-//!   [`FaultHandle::free_space`]), and a *lying* `fdatasync` that swallows the
+//! * **EIO** from `write_at` or `fdatasync`, **ENOSPC** on `write_at` and
+//!   `allocate` (until [`FaultHandle::free_space`]), a filesystem without
+//!   preallocation ([`FaultHandle::refuse_allocate`]), and a *lying* `fdatasync` that swallows the
 //!   error and reports success without making anything durable (a negative
 //!   control: it shows a test can see acknowledgements that should not have
 //!   been sent).
@@ -201,6 +205,8 @@ pub enum TearMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
     pub writes: u64,
+    /// Successful preallocations (`allocate` that changed the file).
+    pub allocations: u64,
     pub fdatasyncs: u64,
     pub injected_enospc: u64,
     pub injected_write_eio: u64,
@@ -233,8 +239,16 @@ pub struct PowerLossReport {
 
 #[derive(Debug, Clone)]
 enum DataOp {
-    Write { pos: u64, data: Vec<u8> },
+    Write {
+        pos: u64,
+        data: Vec<u8>,
+    },
     Truncate(u64),
+    /// fallocate mode 0 up to `end`: the file grows (with zeros), never
+    /// shrinks.
+    Allocate {
+        end: u64,
+    },
 }
 
 fn apply(image: &mut Vec<u8>, op: &DataOp) {
@@ -247,6 +261,11 @@ fn apply(image: &mut Vec<u8>, op: &DataOp) {
             image[pos..pos + data.len()].copy_from_slice(data);
         }
         DataOp::Truncate(len) => image.resize(*len as usize, 0),
+        DataOp::Allocate { end } => {
+            if image.len() < *end as usize {
+                image.resize(*end as usize, 0);
+            }
+        }
     }
 }
 
@@ -300,6 +319,8 @@ struct Config {
     sync: SyncFault,
     tear: TearMode,
     misdirect: Option<i64>,
+    /// `allocate` answers "not supported" (like EOPNOTSUPP) for every file.
+    refuse_allocate: bool,
 }
 
 struct State {
@@ -466,7 +487,14 @@ impl FaultHandle {
         self.shared.state.borrow_mut().config.tear = mode;
     }
 
-    /// The disk is full: writes fail with ENOSPC until [`Self::free_space`].
+    /// Every `allocate` from now on reports "not supported" and changes
+    /// nothing (a filesystem without fallocate).
+    pub fn refuse_allocate(&self) {
+        self.shared.state.borrow_mut().config.refuse_allocate = true;
+    }
+
+    /// The disk is full: writes (and preallocations) fail with ENOSPC until
+    /// [`Self::free_space`].
     pub fn fill_disk(&self) {
         self.set_write_fault(WriteFault::NoSpace);
     }
@@ -941,6 +969,34 @@ impl StorageFile for FaultyFile {
                     }
                 }
                 Err(_) => Shared::forget_op(&self.model, seq),
+            }
+            sh.end();
+            sh.check(self.epoch)?;
+            r
+        })
+    }
+
+    fn allocate(&self, pos: u64, len: u64) -> IoFuture<'_, bool> {
+        Box::pin(async move {
+            let sh = &self.shared;
+            sh.check(self.epoch)?;
+            {
+                let mut st = sh.state.borrow_mut();
+                if st.config.refuse_allocate {
+                    return Ok(false);
+                }
+                if self.in_scope() && st.config.write == WriteFault::NoSpace {
+                    st.stats.injected_enospc += 1;
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+            }
+            let seq = sh.push_op(&self.model, DataOp::Allocate { end: pos + len });
+            sh.begin();
+            let r = self.inner.allocate(pos, len).await;
+            match &r {
+                Ok(true) => sh.state.borrow_mut().stats.allocations += 1,
+                // Nothing changed on disk (unsupported, or failed).
+                Ok(false) | Err(_) => Shared::forget_op(&self.model, seq),
             }
             sh.end();
             sh.check(self.epoch)?;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use std::{
     cell::{Cell, RefCell},
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     path::{Path, PathBuf},
     rc::Rc,
@@ -37,7 +37,54 @@ pub struct GlommioStorage {
     /// Devices (st_dev) whose io_uring poll support glommio has probed on
     /// this thread with a non-empty file.
     probed_devices: RefCell<HashSet<u64>>,
+    /// Whether preallocation (`allocate`) is worth doing on each device
+    /// (st_dev) seen on this thread: not on tmpfs or ramfs, where it only
+    /// pins memory early and no io_uring write waits for block allocation.
+    preallocate_devices: RefCell<HashMap<u64, bool>>,
     buffered_opens: Cell<u64>,
+}
+
+/// The device and filesystem facts an open needs about a directory.
+#[derive(Debug, Clone, Copy)]
+struct DirFacts {
+    dev: u64,
+    /// Not a memory filesystem (tmpfs, ramfs).
+    preallocate: bool,
+}
+
+/// stat + statfs of `dir` (blocking: run it on the blocking pool).
+fn dir_facts(dir: &Path) -> io::Result<DirFacts> {
+    use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
+    let dev = std::fs::metadata(dir)?.dev();
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c_dir` is a NUL-terminated path and `buf` a properly sized,
+    // zero-initialized statfs that the call fills in.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_dir.as_ptr(), &mut buf) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // linux/magic.h; libc has no RAMFS_MAGIC.
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let memory_fs = buf.f_type == libc::TMPFS_MAGIC || buf.f_type as u32 == RAMFS_MAGIC;
+    Ok(DirFacts {
+        dev,
+        preallocate: !memory_fs,
+    })
+}
+
+/// Logs, once per process, that a filesystem refused preallocation.
+fn note_allocate_unsupported(path: &Path) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            file = %path.display(),
+            "the filesystem does not support fallocate (EOPNOTSUPP): segments are not \
+             preallocated, appends extend the file (slower: io_uring completes them on a \
+             kernel worker thread)"
+        );
+    }
 }
 
 impl GlommioStorage {
@@ -78,6 +125,31 @@ impl GlommioStorage {
         o
     }
 
+    /// Facts about the directory's device, learned once per device on this
+    /// thread (a stat per open, on the blocking pool, as before).
+    async fn facts(&self, dir: &Path) -> Option<DirFacts> {
+        use std::os::unix::fs::MetadataExt;
+        let meta_dir = dir.to_path_buf();
+        let dev = blocking(move || std::fs::metadata(meta_dir).map(|m| m.dev()))
+            .await
+            .ok()?;
+        if let Some(&preallocate) = self.preallocate_devices.borrow().get(&dev) {
+            return Some(DirFacts { dev, preallocate });
+        }
+        let facts_dir = dir.to_path_buf();
+        let facts = blocking(move || dir_facts(&facts_dir)).await.ok()?;
+        if !facts.preallocate {
+            tracing::info!(
+                dir = %dir.display(),
+                "memory filesystem (tmpfs/ramfs): segments are not preallocated"
+            );
+        }
+        self.preallocate_devices
+            .borrow_mut()
+            .insert(facts.dev, facts.preallocate);
+        Some(facts)
+    }
+
     /// glommio decides once per device and thread whether O_DIRECT reads may
     /// go to the io_uring poll ring (IOPOLL), by reading the first block of
     /// the first file it opens there. When that file is empty the read
@@ -85,16 +157,11 @@ impl GlommioStorage {
     /// IOPOLL, and every later read of real data fails with EOPNOTSUPP on
     /// devices without poll queues (virtio here). So before the first
     /// O_DIRECT open on a device, open a one-block probe file ourselves.
-    async fn probe_device(&self, dir: &Path) {
-        use std::os::unix::fs::MetadataExt;
-        let dir = dir.to_path_buf();
-        let meta_dir = dir.clone();
-        let Ok(dev) = blocking(move || std::fs::metadata(meta_dir).map(|m| m.dev())).await else {
-            return;
-        };
+    async fn probe_device(&self, dir: &Path, dev: u64) {
         if !self.probed_devices.borrow_mut().insert(dev) {
             return;
         }
+        let dir = dir.to_path_buf();
         // Unique per process, thread (shard) and call: shards probe the same
         // directory at the same time at start-up, and glommio panics (statfs
         // unwrap in DmaFile::open) if the path vanishes under its open.
@@ -119,9 +186,15 @@ impl GlommioStorage {
 
     async fn open_impl(&self, path: PathBuf, mode: OpenMode) -> io::Result<FileRef> {
         let opts = Self::options(mode);
+        let facts = match path.parent() {
+            Some(dir) => self.facts(dir).await,
+            None => None,
+        };
+        // Unknown filesystem (the stat failed): try, `allocate` falls back.
+        let preallocate = facts.map(|f| f.preallocate).unwrap_or(true);
         if !self.force_buffered {
-            if let Some(dir) = path.parent() {
-                self.probe_device(dir).await;
+            if let (Some(dir), Some(facts)) = (path.parent(), facts) {
+                self.probe_device(dir, facts.dev).await;
             }
             match opts.dma_open(&path).await {
                 Ok(file) => {
@@ -130,6 +203,7 @@ impl GlommioStorage {
                     return Ok(Rc::new(GlommioFile {
                         path,
                         alignment,
+                        preallocate: Cell::new(preallocate),
                         inner: RefCell::new(Some(Inner::Dma(Rc::new(file)))),
                     }));
                 }
@@ -154,6 +228,7 @@ impl GlommioStorage {
         Ok(Rc::new(GlommioFile {
             path,
             alignment: 1,
+            preallocate: Cell::new(preallocate),
             inner: RefCell::new(Some(Inner::Buffered(Rc::new(file)))),
         }))
     }
@@ -233,6 +308,9 @@ impl Clone for Inner {
 struct GlommioFile {
     path: PathBuf,
     alignment: usize,
+    /// `allocate` is worth trying: false on memory filesystems and once the
+    /// filesystem answered EOPNOTSUPP.
+    preallocate: Cell<bool>,
     inner: RefCell<Option<Inner>>,
 }
 
@@ -324,6 +402,35 @@ impl StorageFile for GlommioFile {
             match self.get()? {
                 Inner::Dma(f) => f.truncate(len).await.map_err(to_io),
                 Inner::Buffered(f) => f.truncate(len).await.map_err(to_io),
+            }
+        })
+    }
+
+    fn allocate(&self, pos: u64, len: u64) -> IoFuture<'_, bool> {
+        Box::pin(async move {
+            if !self.preallocate.get() || len == 0 {
+                return Ok(false);
+            }
+            // glommio's pre_allocate(size, false) is fallocate(fd, 0, 0,
+            // size) through io_uring (mode 0: the size grows; the kernel
+            // skips blocks already allocated, so the range from 0 costs a
+            // walk of the extent tree, not a rewrite). io_uring runs it on a
+            // worker thread, off this shard.
+            let end = pos.checked_add(len).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "allocate range overflows")
+            })?;
+            let result = match self.get()? {
+                Inner::Dma(f) => f.pre_allocate(end, false).await.map_err(to_io),
+                Inner::Buffered(f) => f.pre_allocate(end, false).await.map_err(to_io),
+            };
+            match result {
+                Ok(()) => Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.preallocate.set(false);
+                    note_allocate_unsupported(&self.path);
+                    Ok(false)
+                }
+                Err(e) => Err(e),
             }
         })
     }

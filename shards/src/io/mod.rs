@@ -4,7 +4,7 @@
 //!
 //! * [`Storage`]: filesystem operations (open, directories, rename, remove).
 //! * [`StorageFile`]: one open file (aligned `write_at`, `read_at` into
-//!   [`Bytes`], `fdatasync`, `truncate`, `size`, `close`).
+//!   [`Bytes`], `fdatasync`, `truncate`, `allocate`, `size`, `close`).
 //! * [`GlommioStorage`]: the production implementation on glommio `DmaFile`
 //!   (O_DIRECT through io_uring), falling back to `BufferedFile` where the
 //!   filesystem refuses O_DIRECT.
@@ -129,6 +129,21 @@ pub trait StorageFile {
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes>;
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     fn truncate(&self, len: u64) -> IoFuture<'_, ()>;
+    /// Preallocates disk blocks up to `pos + len` (`fallocate` mode 0): the
+    /// file grows to at least `pos + len` bytes, the new space reads as
+    /// zeros, existing data is untouched and the file never shrinks.
+    ///
+    /// Why: an O_DIRECT append past the end of the file (or into blocks not
+    /// yet allocated) cannot be done by ext4 without blocking, so io_uring
+    /// hands every such write to a kernel worker thread (`iou-wrk`); an
+    /// overwrite of preallocated (unwritten) blocks inside the file is
+    /// completed inline. Like a write, the new size and blocks are durable
+    /// only after an `fdatasync`.
+    ///
+    /// Returns `Ok(false)`, having changed nothing, where the filesystem
+    /// cannot preallocate (EOPNOTSUPP) or where it would not help (tmpfs):
+    /// callers then carry on without preallocation.
+    fn allocate(&self, pos: u64, len: u64) -> IoFuture<'_, bool>;
     /// Current size of the file, in bytes.
     fn size(&self) -> IoFuture<'_, u64>;
     /// Closes the file; later operations on this handle fail with EBADF.

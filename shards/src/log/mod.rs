@@ -53,7 +53,19 @@ pub struct LogConfig {
     pub max_write_bytes: usize,
     /// Minimum interval between two writes of the durable-end checkpoint.
     pub checkpoint_interval_ms: u64,
+    /// How far ahead of the write position the active segment's file is
+    /// preallocated (fallocate), at most: the step grows from
+    /// [`MIN_PREALLOCATE_BYTES`] by doubling up to this, and never past
+    /// `segment_bytes`. 0 turns preallocation off. Appends into preallocated
+    /// space are overwrites that io_uring completes inline; appends past the
+    /// end of the file go through a kernel worker thread (see
+    /// `StorageFile::allocate`).
+    pub preallocate_bytes: u64,
 }
+
+/// First preallocation step of a segment, in bytes: a quiet partition
+/// reserves this much, a busy one doubles it up to `preallocate_bytes`.
+pub const MIN_PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// Largest batch the log stores, in bytes (positions in the index are u32).
 pub const MAX_BATCH_BYTES: usize = 1 << 30;
@@ -71,6 +83,10 @@ impl Default for LogConfig {
             max_queued_bytes: 64 << 20,
             max_write_bytes: 4 << 20,
             checkpoint_interval_ms: 1000,
+            // 32 steps per default 256 MiB segment: one fallocate per 32
+            // MiB appended, and at most 32 MiB of slack per active
+            // partition (trimmed when the segment is sealed or closed).
+            preallocate_bytes: 32 << 20,
         }
     }
 }

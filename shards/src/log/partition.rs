@@ -12,6 +12,13 @@
 //!   not yet durable; one fdatasync covers every write completed before it
 //!   started, and it overlaps the next write. The high watermark (what reads
 //!   may return) is the end covered by a completed fdatasync.
+//! * An allocator task (spawned by the writer when due) preallocates the
+//!   active segment's file ahead of the writes (`LogConfig::
+//!   preallocate_bytes`), so that appends are overwrites of allocated space
+//!   that io_uring completes inline instead of on a kernel worker thread.
+//!   Sealing and closing a segment wait for it, then truncate the file to
+//!   its logical size; recovery takes zeros after the last batch as the end
+//!   of the log.
 //! * No `RefCell` borrow is held across an `.await`.
 //! * Idempotent producers (Kafka): `append` checks the producer id, epoch
 //!   and sequence of each batch against [`ProducerStateTable`] in the same
@@ -34,7 +41,7 @@ use super::{
         INDEX_SUFFIX, LOG_SUFFIX, SCAN_CHUNK, TIMEINDEX_SUFFIX,
     },
     timeindex::TimeIndex,
-    Acks, LogConfig, LogError, MAX_BATCH_BYTES,
+    Acks, LogConfig, LogError, MAX_BATCH_BYTES, MIN_PREALLOCATE_BYTES,
 };
 use crate::{
     cache::{CacheKey, TailCache},
@@ -113,6 +120,10 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: Vec<PathBuf>,
     /// Bytes cut off the last segment (torn tail).
     pub truncated_bytes: u64,
+    /// Zeros after the last batch, trimmed: preallocated space not written
+    /// yet (or writes that never reached the disk) when the broker stopped
+    /// without closing the log. A clean end, not damage.
+    pub zero_tail_bytes: u64,
     /// Why the tail was cut, if it was.
     pub torn_tail: Option<String>,
     /// Bytes of log validated batch by batch.
@@ -138,6 +149,8 @@ pub struct LogStats {
     pub fdatasyncs: u64,
     pub segments_rolled: u64,
     pub segments_deleted: u64,
+    /// Successful preallocations of segment space.
+    pub preallocations: u64,
     pub cold_reads: u64,
     pub cache_reads: u64,
     /// Appends answered as retries of idempotent batches already in the log.
@@ -211,6 +224,11 @@ struct State {
     sync_acks: VecDeque<(i64, Rc<AckCell>)>,
     writer_active: bool,
     syncer_active: bool,
+    /// A preallocation is in flight (at most one per partition).
+    allocator_active: bool,
+    /// Preallocation is on: `preallocate_bytes > 0` and the filesystem has
+    /// not refused it.
+    preallocate: bool,
     fenced: Option<LogError>,
     closed: bool,
     checkpointed: i64,
@@ -447,6 +465,11 @@ impl PartitionLog {
 
     pub fn stats(&self) -> LogStats {
         self.shared.state.borrow().stats
+    }
+
+    /// A preallocation of segment space is running (beside the writes).
+    pub fn preallocation_in_flight(&self) -> bool {
+        self.shared.state.borrow().allocator_active
     }
 
     /// The error that fenced the partition, if any.
@@ -1063,6 +1086,7 @@ impl Shared {
                 let st = self.state.borrow();
                 if !st.writer_active
                     && !st.syncer_active
+                    && !st.allocator_active
                     && st.queue.is_empty()
                     && !self.checkpoint_busy.get()
                 {
@@ -1071,6 +1095,56 @@ impl Shared {
             }
             listener.await;
         }
+    }
+
+    /// Waits until no preallocation is in flight.
+    async fn wait_allocator(&self) {
+        loop {
+            let listener = self.idle_event.listen();
+            if !self.state.borrow().allocator_active {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// The preallocation to start now, if one is due for `segment`, whose
+    /// writes (queued so far) reach `end`: `(file, from, to)`; marks the
+    /// allocator active. Due when less than half a step, or less than one
+    /// maximal write, is left preallocated ahead of `end`. The step doubles
+    /// with what the segment already holds (from [`MIN_PREALLOCATE_BYTES`]
+    /// to `preallocate_bytes`), so a quiet partition reserves little; the
+    /// space never goes past `segment_bytes`, where the segment is sealed
+    /// and trimmed anyway.
+    fn plan_allocation(
+        &self,
+        st: &mut State,
+        segment: i64,
+        end: u64,
+    ) -> Option<(Rc<dyn StorageFile>, u64, u64)> {
+        let max_step = self.config.preallocate_bytes;
+        if max_step == 0 || !st.preallocate || st.allocator_active || st.fenced.is_some() {
+            return None;
+        }
+        let cap = align_up(self.config.segment_bytes);
+        let seg = st.segments.get(&segment)?;
+        if seg.sealed {
+            return None;
+        }
+        let file = seg.file.clone()?;
+        let end = align_up(end);
+        let step = max_step.min(seg.allocated_size.max(MIN_PREALLOCATE_BYTES));
+        let lead = (step / 2).max(self.config.max_write_bytes as u64);
+        if seg.allocated_size >= cap || seg.allocated_size >= end.saturating_add(lead) {
+            return None;
+        }
+        let from = seg.allocated_size.max(end);
+        let to = align_up(from + step).min(cap);
+        if to <= from {
+            return None;
+        }
+        st.allocator_active = true;
+        Some((file, from, to))
     }
 
     fn advance_durable(&self, st: &mut State, target: i64) {
@@ -1202,6 +1276,9 @@ impl Shared {
     /// Seals the segment before `new_base` (trim padding, fdatasync, write
     /// indexes) and creates the file of the segment at `new_base`.
     async fn roll(self: &Rc<Self>, new_base: i64) {
+        // A preallocation in flight would grow the file again after the
+        // truncation below.
+        self.wait_allocator().await;
         let (file, size) = {
             let st = self.state.borrow();
             let (_, old) = st
@@ -1215,6 +1292,9 @@ impl Shared {
             );
             (old.file.clone().expect("old segment is on disk"), old.size)
         };
+        // Trims the block padding and any preallocated space: sealed
+        // segments carry no slack (and recovery requires them to end with
+        // their last batch, or with zeros a crash left untrimmed).
         let sealed = async {
             file.truncate(size).await?;
             file.fdatasync().await
@@ -1239,6 +1319,7 @@ impl Shared {
                 .next_offset;
             self.advance_durable(&mut st, old_end);
             let (_, old) = st.segments.range_mut(..new_base).next_back().expect("old");
+            old.allocated_size = size;
             Self::encode_indexes(old)
         };
         self.write_indexes(ip, ib, tp, tb).await;
@@ -1308,8 +1389,10 @@ impl Shared {
         }
     }
 
-    /// Close path: trims the active segment's padding, fdatasync, indexes.
+    /// Close path: trims the active segment's padding and preallocated
+    /// space, fdatasync, indexes.
     async fn finish_active(&self) -> Result<(), LogError> {
+        self.wait_allocator().await;
         let (file, size) = {
             let st = self.state.borrow();
             let seg = st.active();
@@ -1333,7 +1416,9 @@ impl Shared {
             st.stats.fdatasyncs += 1;
             let written = st.written;
             self.advance_durable(&mut st, written);
-            Self::encode_indexes(st.active_mut())
+            let active = st.active_mut();
+            active.allocated_size = size;
+            Self::encode_indexes(active)
         };
         self.write_indexes(ip, ib, tp, tb).await;
         Ok(())
@@ -1357,6 +1442,7 @@ enum Job {
 
 async fn writer_loop(sh: Rc<Shared>) {
     loop {
+        let mut allocation = None;
         let job = {
             let mut st = sh.state.borrow_mut();
             let front = match st.queue.front() {
@@ -1394,6 +1480,15 @@ async fn writer_loop(sh: Rc<Shared>) {
                         end_offset = p.end_offset;
                         chunks.push(p.data);
                     }
+                    // Everything queued for this segment, not just this
+                    // write: the space should be there before it is reached.
+                    let queued_end = st
+                        .queue
+                        .iter()
+                        .take_while(|p| p.segment == front)
+                        .last()
+                        .map_or(written_size + bytes, |p| p.position + p.data.len() as u64);
+                    allocation = sh.plan_allocation(&mut st, front, queued_end);
                     Job::Write(WriteJob {
                         segment: front,
                         file,
@@ -1406,6 +1501,11 @@ async fn writer_loop(sh: Rc<Shared>) {
                 }
             }
         };
+        if let (Some((file, from, to)), Job::Write(w)) = (allocation, &job) {
+            // Runs beside the write: the fallocate goes to an io_uring
+            // worker thread and this write does not wait for it.
+            glommio::spawn_local(allocator_task(sh.clone(), w.segment, file, from, to)).detach();
+        }
         match job {
             Job::Roll(base) => sh.roll(base).await,
             Job::Write(job) => write_once(&sh, job).await,
@@ -1475,6 +1575,40 @@ async fn write_once(sh: &Rc<Shared>, job: WriteJob) {
             sh.handle_write_error(LogError::io("write", job.file.path(), err));
         }
     }
+}
+
+/// Preallocates `[from, to)` of `segment`'s file (claimed by
+/// `plan_allocation`). A failure costs only speed: ENOSPC or EIO are logged
+/// and that step is skipped (the writes report real errors); "not
+/// supported" turns preallocation off for this partition.
+async fn allocator_task(
+    sh: Rc<Shared>,
+    segment: i64,
+    file: Rc<dyn StorageFile>,
+    from: u64,
+    to: u64,
+) {
+    assert!(from < to, "empty preallocation {from}..{to}");
+    let result = file.allocate(from, to - from).await;
+    {
+        let mut st = sh.state.borrow_mut();
+        assert!(st.allocator_active, "one preallocation at a time");
+        st.allocator_active = false;
+        match result {
+            Ok(true) => st.stats.preallocations += 1,
+            Ok(false) => st.preallocate = false,
+            Err(e) => {
+                tracing::warn!(segment = %file.path().display(), from, to, error = %e, "could not preallocate segment space; appends continue without it");
+            }
+        }
+        if st.preallocate {
+            // On failure too: the next attempt waits for the next step.
+            if let Some(seg) = st.segments.get_mut(&segment) {
+                seg.allocated_size = seg.allocated_size.max(to);
+            }
+        }
+    }
+    sh.idle_event.notify(usize::MAX);
 }
 
 async fn syncer_loop(sh: Rc<Shared>) {
@@ -1699,32 +1833,64 @@ async fn recover(
                 report.scanned_bytes += outcome.end_position;
             }
             if let Some((position, reason)) = outcome.stop {
-                if !is_last {
+                // Zeros after the last batch are the end of the log: the
+                // file was preallocated (or padded to a block) and not
+                // written further, or writes never reached the disk. Only
+                // data below the checkpoint (the last segment) or before the
+                // next segment's base offset (a sealed one: the gap check
+                // below) may not end there.
+                let zero_tail = outcome.zero_tail;
+                if !is_last && !zero_tail {
                     return Err(corrupt(
                         position,
                         outcome.next_offset,
                         format!("{reason} (in a sealed segment, which was fsynced before the next one was created)"),
                     ));
                 }
-                if outcome.next_offset < durable_floor {
+                if !is_last && outcome.next_offset != bases[i + 1] {
+                    // Checked before anything is cut: a sealed segment may
+                    // end in zeros only where its batches are all there.
+                    return Err(corrupt(
+                        position,
+                        outcome.next_offset,
+                        format!(
+                            "{reason}, but the next segment starts at offset {}: offset gap (in a sealed segment, which was fsynced before the next one was created)",
+                            bases[i + 1]
+                        ),
+                    ));
+                }
+                if is_last && outcome.next_offset < durable_floor {
                     return Err(corrupt(
                         position,
                         outcome.next_offset,
                         format!("{reason}; the checkpoint says offsets below {durable_floor} were made durable"),
                     ));
                 }
-                tracing::warn!(
-                    segment = %path.display(),
-                    from_bytes = size,
-                    to_bytes = position,
-                    reason,
-                    "torn tail after a crash: truncating the last segment"
-                );
-                report.truncated_bytes += size - position;
-                report.torn_tail = Some(format!("{} at byte {position}: {reason}", path.display()));
+                if zero_tail {
+                    tracing::debug!(
+                        segment = %path.display(),
+                        from_bytes = size,
+                        to_bytes = position,
+                        "zeros after the last batch (preallocated space): trimming"
+                    );
+                    report.zero_tail_bytes += size - position;
+                } else {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        from_bytes = size,
+                        to_bytes = position,
+                        reason,
+                        "torn tail after a crash: truncating the last segment"
+                    );
+                    report.truncated_bytes += size - position;
+                    report.torn_tail =
+                        Some(format!("{} at byte {position}: {reason}", path.display()));
+                }
+                // Cut in both cases: stale bytes past the end could otherwise
+                // be taken for batches once new appends reach them.
                 file.truncate(position)
                     .await
-                    .map_err(io_err("truncate torn tail", &path))?;
+                    .map_err(io_err("truncate the end of a segment", &path))?;
             }
             seg.next_offset = outcome.next_offset;
             seg.written_size = outcome.end_position;
@@ -1742,6 +1908,8 @@ async fn recover(
             seg.written_size = size;
         }
         seg.size = seg.written_size;
+        // The file now ends at its last batch (trimmed above if it did not).
+        seg.allocated_size = seg.written_size;
         if let Some(prev) = segments.values().next_back() {
             if prev.next_offset != base {
                 return Err(corrupt(
@@ -1806,6 +1974,8 @@ async fn recover(
         sync_acks: VecDeque::new(),
         writer_active: false,
         syncer_active: false,
+        allocator_active: false,
+        preallocate: config.preallocate_bytes > 0,
         fenced: None,
         closed: false,
         checkpointed: durable_floor,

@@ -53,6 +53,11 @@ pub(crate) struct Segment {
     pub size: u64,
     /// Bytes known written to the file.
     pub written_size: u64,
+    /// End of the space preallocated in the file (`StorageFile::allocate`),
+    /// or of the last preallocation tried: the file may be this long, the
+    /// bytes past `written_size` being zeros. The writer preallocates ahead
+    /// of it; sealing and closing truncate the file back to `written_size`.
+    pub allocated_size: u64,
     /// Content of the partial block at `align_down(written_size)`, rewritten
     /// with the next write.
     pub tail: Vec<u8>,
@@ -78,6 +83,7 @@ impl Segment {
             next_offset: base_offset,
             size: 0,
             written_size: 0,
+            allocated_size: 0,
             tail: Vec::new(),
             index: OffsetIndex::new(),
             timeindex: TimeIndex::new(),
@@ -309,6 +315,10 @@ pub(crate) struct ScanOutcome {
     pub batches: u64,
     /// First bad batch: position and why.
     pub stop: Option<(u64, String)>,
+    /// The scan stopped at zeros (the rest of the block at the stop
+    /// position, or of the file if shorter, reads as zeros): preallocated
+    /// space or writes that never reached the disk, not a torn batch.
+    pub zero_tail: bool,
 }
 
 /// Chunk size of recovery scans, in bytes.
@@ -330,11 +340,13 @@ pub(crate) async fn scan_segment(
         next_offset: start_offset,
         batches: 0,
         stop: None,
+        zero_tail: false,
     };
     loop {
         match cursor.next().await? {
             CursorItem::End => return Ok(out),
             CursorItem::Bad { position, reason } => {
+                out.zero_tail = reads_as_zeros(file, position, limit).await?;
                 out.stop = Some((position, reason));
                 return Ok(out);
             }
@@ -342,6 +354,8 @@ pub(crate) async fn scan_segment(
                 let header = match validate_batch(&bytes) {
                     Ok(h) => h,
                     Err(e) => {
+                        // A batch whose length field survived but whose body
+                        // does not check out is torn, not a clean end.
                         out.stop = Some((position, e.to_string()));
                         return Ok(out);
                     }
@@ -369,4 +383,19 @@ pub(crate) async fn scan_segment(
             }
         }
     }
+}
+
+/// Whether the bytes from `position` to the end of its block (or to `limit`
+/// if sooner) are all zeros. One small read: recovery uses it to tell the
+/// zeros after the last batch of a preallocated segment (a clean end) from a
+/// torn batch (a warning).
+async fn reads_as_zeros(file: &dyn StorageFile, position: u64, limit: u64) -> io::Result<bool> {
+    let block = crate::io::BLOCK_SIZE as u64;
+    let end = (position / block + 1) * block;
+    let len = end.min(limit).saturating_sub(position) as usize;
+    if len == 0 {
+        return Ok(false);
+    }
+    let bytes = file.read_at(position, len).await?;
+    Ok(!bytes.is_empty() && bytes.iter().all(|&b| b == 0))
 }

@@ -6,6 +6,13 @@
 //! magic, CRC32C, offsets contiguous within and across segments), that index
 //! and time-index entries point at batch boundaries with the right offsets
 //! and monotonic timestamps, and the durable checkpoint.
+//!
+//! Zeros after the last batch of the last segment are not a problem: the
+//! broker preallocates the active segment ahead of its writes (and pads
+//! writes to a block), so a running or crashed broker's active segment ends
+//! that way. They are counted in `zero_tail_bytes`. In a sealed segment
+//! (trimmed when sealed) they are a warning: a crash between the roll and
+//! the trim; any batch missing there shows up as an offset gap.
 
 use super::{
     checkpoint::{Checkpoint, CHECKPOINT_FILE},
@@ -47,6 +54,9 @@ pub struct PartitionReport {
     pub batches: u64,
     pub records: u64,
     pub bytes: u64,
+    /// Zeros after the last batch of the last segment (preallocated space,
+    /// block padding): not written yet, not damage.
+    pub zero_tail_bytes: u64,
     pub first_offset: Option<i64>,
     pub next_offset: Option<i64>,
     pub checkpoint: Option<Checkpoint>,
@@ -96,13 +106,18 @@ impl fmt::Display for VerifyReport {
             };
             writeln!(
                 f,
-                "{}: {} segments, {} batches, {} records, {} bytes, {}",
+                "{}: {} segments, {} batches, {} records, {} bytes, {}{}",
                 p.dir.display(),
                 p.segments,
                 p.batches,
                 p.records,
                 p.bytes,
-                range
+                range,
+                if p.zero_tail_bytes > 0 {
+                    format!(" (+{} preallocated bytes)", p.zero_tail_bytes)
+                } else {
+                    String::new()
+                }
             )?;
             for pr in &p.problems {
                 let sev = match pr.severity {
@@ -271,13 +286,14 @@ fn verify_segment(dir: &Path, base: i64, is_last: bool, rep: &mut PartitionRepor
     let mut pos = 0usize;
     let mut next = base;
     let mut running_max = -1i64;
+    // Where the batches end (the file's length unless something follows).
+    let mut logical_len = data.len();
     while pos < data.len() {
         let rest = &data[pos..];
         let size = peek_total_size(rest).unwrap_or(0);
         let problem = if rest.len() < LOG_OVERHEAD || size < HEADER_SIZE || size > rest.len() {
-            Some(if rest.iter().all(|&b| b == 0) {
-                format!("{} bytes of zero padding at the end", rest.len())
-            } else if size > rest.len() {
+            // (All zeros from here is handled below: the end of the log.)
+            Some(if size > rest.len() {
                 format!("batch of {size} bytes truncated: {} bytes left", rest.len())
             } else {
                 format!("no batch can start here ({} bytes left)", rest.len())
@@ -303,11 +319,27 @@ fn verify_segment(dir: &Path, base: i64, is_last: bool, rep: &mut PartitionRepor
             }
         };
         if let Some(message) = problem {
-            let zero_tail = data[pos..].iter().all(|&b| b == 0);
+            if data[pos..].iter().all(|&b| b == 0) {
+                logical_len = pos;
+                if is_last {
+                    rep.zero_tail_bytes += (data.len() - pos) as u64;
+                } else {
+                    rep.problems.push(Problem {
+                        severity: Severity::Warning,
+                        file: log_path.clone(),
+                        position: Some(pos as u64),
+                        message: format!(
+                            "{} bytes of zeros after the last batch of a sealed segment (preallocated space a crash left untrimmed; trimmed at the next open)",
+                            data.len() - pos
+                        ),
+                    });
+                }
+                break;
+            }
             rep.problems.push(Problem {
-                // An unclean shutdown leaves padding or a torn batch at the
-                // end of the last segment; recovery cuts it off.
-                severity: if is_last && (zero_tail || pos + size >= data.len()) {
+                // An unclean shutdown leaves a torn batch at the end of the
+                // last segment; recovery cuts it off.
+                severity: if is_last && pos + size >= data.len() {
                     Severity::Warning
                 } else {
                     Severity::Error
@@ -366,7 +398,7 @@ fn verify_segment(dir: &Path, base: i64, is_last: bool, rep: &mut PartitionRepor
                     }
                 }
                 if !is_last
-                    && (trailer.segment_bytes != data.len() as u64 || trailer.next_offset != next)
+                    && (trailer.segment_bytes != logical_len as u64 || trailer.next_offset != next)
                 {
                     rep.problems.push(Problem {
                         severity: Severity::Warning,
@@ -376,7 +408,7 @@ fn verify_segment(dir: &Path, base: i64, is_last: bool, rep: &mut PartitionRepor
                             "index describes {} bytes ending at offset {}, the log has {} bytes ending at {next}; rebuilt at the next open",
                             trailer.segment_bytes,
                             trailer.next_offset,
-                            data.len()
+                            logical_len
                         ),
                     });
                 }

@@ -9,7 +9,7 @@ use ringmq_shards::{
     log::{LogConfig, PartitionLog},
 };
 use ringmq_wire::batch::header::{store_crc, BatchHeader, HEADER_SIZE};
-use std::{future::Future, path::Path};
+use std::{future::Future, path::Path, time::Duration};
 
 /// Runs `f` on a fresh glommio executor with a small io_memory (memlock is
 /// 8 MiB on the CI box and tests run in parallel).
@@ -137,4 +137,33 @@ pub fn segment_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// Waits until the log has done at least `n` preallocations. The allocator
+/// runs beside the writes, so a test that looks at file sizes waits for it
+/// (polling; gives up after about 10 s, a bound on a hung test, not a
+/// timing check).
+pub async fn wait_preallocations(log: &PartitionLog, n: u64) {
+    for _ in 0..10_000 {
+        if log.stats().preallocations >= n {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("fewer than {n} preallocations: {:?}", log.stats());
+}
+
+/// Waits until no preallocation is in flight (polling, up to about 10 s).
+pub async fn wait_allocator_idle(log: &PartitionLog) {
+    for _ in 0..10_000 {
+        if !log.preallocation_in_flight() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("a preallocation still in flight after 10 s");
+}
+
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
 }
