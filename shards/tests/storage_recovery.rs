@@ -476,7 +476,11 @@ fn sealed_and_closed_segments_carry_no_preallocated_slack() {
         for path in sealed {
             assert_eq!(file_len(path) % 2061, 0, "{} has slack", path.display());
         }
-        assert_ne!(file_len(active) % 2061, 0, "the active segment is preallocated");
+        assert_ne!(
+            file_len(active) % 2061,
+            0,
+            "the active segment is preallocated"
+        );
         let live = verify_dir(dir.path());
         assert!(live.is_ok() && live.warnings() == 0, "{live}");
         assert!(live.partitions[0].zero_tail_bytes > 0, "{live}");
@@ -551,5 +555,50 @@ fn zeros_after_a_sealed_segment_are_trimmed_but_a_gap_is_refused() {
         );
         assert_eq!(file_len(&dir.join(&first)), len, "nothing was cut");
         assert!(!verify_dir(&dir).is_ok());
+    });
+}
+
+/// A large write inside preallocated space is rounded up to its length
+/// class with zeros (so write buffers can be reused): what reaches the file
+/// past the last batch is zeros, and recovery still ends the log there.
+#[test]
+fn large_writes_padded_with_zeros_recover_to_the_last_batch() {
+    run(|| async {
+        let dir = tempdir();
+        let config = LogConfig {
+            segment_bytes: 16 << 20,
+            max_write_bytes: 4 << 20,
+            ..small_config()
+        };
+        let log = open(dir.path(), config.clone()).await;
+        // The first write preallocates; the next ones are padded.
+        let first = make_batch(1, 1000, 1);
+        log.append(first, Acks::Fsync)
+            .unwrap()
+            .durable
+            .await
+            .unwrap();
+        wait_allocator_idle(&log).await;
+        let before = log.stats().bytes_written;
+        let big = make_batch(5, 300_000, 2);
+        let r = log.append(big.clone(), Acks::Fsync).unwrap();
+        r.durable.await.unwrap();
+        let written = log.stats().bytes_written - before;
+        assert_eq!(written % (64 << 10), 0, "rounded to its class: {written}");
+        let logical = log.size_bytes();
+        assert!(written > logical - 1061 + 1, "{written} {logical}");
+        wait_allocator_idle(&log).await;
+        let log_file = segment_files(dir.path(), "log").remove(0);
+        let on_disk = std::fs::read(&log_file).unwrap();
+        assert!(on_disk[logical as usize..].iter().all(|&b| b == 0));
+        drop(log); // crash
+        let log = open(dir.path(), config).await;
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(log.size_bytes(), logical);
+        assert!(log.recovery_report().torn_tail.is_none());
+        let chunks = read_all(&log, 0).await;
+        assert_eq!(&chunks[1][12..], &big[12..]);
+        log.close().await.unwrap();
+        assert_eq!(file_len(&log_file), logical);
     });
 }

@@ -1,6 +1,7 @@
 //! [`Storage`] on glommio: `DmaFile` (O_DIRECT via io_uring) with a
 //! `BufferedFile` fallback for filesystems that refuse O_DIRECT, and
-//! directory operations on glommio's blocking thread pool.
+//! directory operations on glommio's blocking thread pool. Large write
+//! buffers are reused through a small per-storage (per-shard) pool.
 
 use super::{DirEntry, FileRef, IoBuf, IoFuture, OpenMode, Storage, StorageFile, BLOCK_SIZE};
 use bytes::Bytes;
@@ -42,6 +43,70 @@ pub struct GlommioStorage {
     /// pins memory early and no io_uring write waits for block allocation.
     preallocate_devices: RefCell<HashMap<u64, bool>>,
     buffered_opens: Cell<u64>,
+    /// Large DMA write buffers of recent writes, for reuse.
+    write_bufs: Rc<WriteBufPool>,
+}
+
+/// Writes at least this large get their buffer from [`WriteBufPool`]
+/// (smaller ones are cheap, and glommio serves them from its registered
+/// io_memory arena).
+pub const POOLED_WRITE_MIN_BYTES: usize = 256 << 10;
+/// At most this many idle buffers are kept: one write is in flight per
+/// partition, so a few buffers cover the busy partitions of a shard.
+const POOL_MAX_BUFFERS: usize = 4;
+/// At most this many bytes of idle buffers are kept per shard (about four
+/// writes of the default 4 MiB `max_write_bytes`): bounded memory held
+/// idle, small next to a partition's 64 MiB write queue.
+const POOL_MAX_BYTES: usize = 16 << 20;
+
+/// Idle DMA buffers of large writes, by exact length: a glommio
+/// `DmaBuffer` cannot be lengthened again once trimmed, and a write sends
+/// the whole buffer, so only a write of the same length can reuse one (the
+/// log rounds large writes up to a length class for that; see
+/// `partition::write_once`). Why: a fresh multi-megabyte buffer per write is
+/// fresh memory from malloc, and its first touch by the copy page-faults
+/// (measured: half of the broker's page faults in W1).
+#[derive(Debug, Default)]
+struct WriteBufPool {
+    /// Most recently returned last.
+    idle: RefCell<Vec<glommio::io::DmaBuffer>>,
+    idle_bytes: Cell<usize>,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl WriteBufPool {
+    fn take(&self, len: usize) -> Option<glommio::io::DmaBuffer> {
+        let mut idle = self.idle.borrow_mut();
+        match idle.iter().rposition(|b| b.len() == len) {
+            Some(i) => {
+                let buf = idle.remove(i);
+                self.idle_bytes.set(self.idle_bytes.get() - len);
+                self.hits.set(self.hits.get() + 1);
+                Some(buf)
+            }
+            None => {
+                self.misses.set(self.misses.get() + 1);
+                None
+            }
+        }
+    }
+
+    fn put(&self, buf: glommio::io::DmaBuffer) {
+        let len = buf.len();
+        if !(POOLED_WRITE_MIN_BYTES..=POOL_MAX_BYTES).contains(&len) {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        idle.push(buf);
+        let mut bytes = self.idle_bytes.get() + len;
+        // Oldest first out, down to the bounds.
+        while idle.len() > POOL_MAX_BUFFERS || bytes > POOL_MAX_BYTES {
+            bytes -= idle.remove(0).len();
+        }
+        self.idle_bytes.set(bytes);
+        debug_assert!(idle.len() <= POOL_MAX_BUFFERS && bytes <= POOL_MAX_BYTES);
+    }
 }
 
 /// The device and filesystem facts an open needs about a directory.
@@ -104,6 +169,11 @@ impl GlommioStorage {
     /// How many files were opened with buffered I/O (fallback or forced).
     pub fn buffered_opens(&self) -> u64 {
         self.buffered_opens.get()
+    }
+
+    /// Large write buffers reused from the pool, and allocated fresh.
+    pub fn write_buffer_reuse(&self) -> (u64, u64) {
+        (self.write_bufs.hits.get(), self.write_bufs.misses.get())
     }
 
     fn options(mode: OpenMode) -> OpenOptions {
@@ -204,6 +274,7 @@ impl GlommioStorage {
                         path,
                         alignment,
                         preallocate: Cell::new(preallocate),
+                        write_bufs: self.write_bufs.clone(),
                         inner: RefCell::new(Some(Inner::Dma(Rc::new(file)))),
                     }));
                 }
@@ -229,6 +300,7 @@ impl GlommioStorage {
             path,
             alignment: 1,
             preallocate: Cell::new(preallocate),
+            write_bufs: self.write_bufs.clone(),
             inner: RefCell::new(Some(Inner::Buffered(Rc::new(file)))),
         }))
     }
@@ -311,6 +383,7 @@ struct GlommioFile {
     /// `allocate` is worth trying: false on memory filesystems and once the
     /// filesystem answered EOPNOTSUPP.
     preallocate: Cell<bool>,
+    write_bufs: Rc<WriteBufPool>,
     inner: RefCell<Option<Inner>>,
 }
 
@@ -338,6 +411,11 @@ impl StorageFile for GlommioFile {
 
     fn alloc_buf(&self, len: usize) -> IoBuf {
         match self.get() {
+            Ok(Inner::Dma(f)) if len >= POOLED_WRITE_MIN_BYTES => IoBuf::Dma(
+                self.write_bufs
+                    .take(len)
+                    .unwrap_or_else(|| f.alloc_dma_buffer(len)),
+            ),
             Ok(Inner::Dma(f)) if len > 0 => IoBuf::Dma(f.alloc_dma_buffer(len)),
             _ => IoBuf::Heap(vec![0; len]),
         }
@@ -360,7 +438,17 @@ impl StorageFile for GlommioFile {
                             b
                         }
                     };
-                    f.write_at(dma, pos).await.map_err(to_io)
+                    if dma.len() < POOLED_WRITE_MIN_BYTES {
+                        return f.write_at(dma, pos).await.map_err(to_io);
+                    }
+                    // Shared with the ring while in flight; back to the pool
+                    // once glommio dropped its reference (completion).
+                    let shared = Rc::new(dma);
+                    let result = f.write_rc_at(shared.clone(), pos).await.map_err(to_io);
+                    if let Ok(buf) = Rc::try_unwrap(shared) {
+                        self.write_bufs.put(buf);
+                    }
+                    result
                 }
                 Inner::Buffered(f) => {
                     let v = match buf {

@@ -20,7 +20,7 @@ pub mod faulty;
 mod glommio_storage;
 
 pub use faulty::{FaultHandle, FaultyStorage};
-pub use glommio_storage::GlommioStorage;
+pub use glommio_storage::{GlommioStorage, POOLED_WRITE_MIN_BYTES};
 
 use bytes::Bytes;
 use std::{future::Future, io, path::Path, pin::Pin, rc::Rc};

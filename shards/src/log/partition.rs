@@ -1429,6 +1429,9 @@ struct WriteJob {
     segment: i64,
     file: Rc<dyn StorageFile>,
     written_size: u64,
+    /// The segment's `allocated_size` when the job was built: zeros may be
+    /// written up to there.
+    allocated_size: u64,
     tail: Vec<u8>,
     chunks: Vec<Bytes>,
     bytes: u64,
@@ -1459,6 +1462,7 @@ async fn writer_loop(sh: Rc<Shared>) {
                 None => Job::Roll(front),
                 Some(file) => {
                     let written_size = seg.written_size;
+                    let allocated_size = seg.allocated_size;
                     let tail = seg.tail.clone();
                     let mut chunks = Vec::new();
                     let mut bytes = 0u64;
@@ -1493,6 +1497,7 @@ async fn writer_loop(sh: Rc<Shared>) {
                         segment: front,
                         file,
                         written_size,
+                        allocated_size,
                         tail,
                         chunks,
                         bytes,
@@ -1513,11 +1518,38 @@ async fn writer_loop(sh: Rc<Shared>) {
     }
 }
 
+/// Large writes are rounded up to a multiple of this (with zeros), so that
+/// their lengths repeat and the storage's write-buffer pool can reuse
+/// buffers (`POOLED_WRITE_MIN_BYTES`): at most 64 KiB of zeros more per
+/// write of at least 256 KiB (under 25%, about 3% for the 1 MiB and larger
+/// writes of a busy partition), written only into preallocated space.
+const WRITE_LEN_CLASS_BYTES: u64 = 64 << 10;
+
+/// The length of a write of `exact` bytes at `start`: rounded up to its
+/// class when large and when the zeros past the end stay inside the space
+/// preallocated up to `allocated_size` (zeros past the last batch are the
+/// end of the log for recovery, as preallocated space is, so writing them
+/// changes nothing but the bytes sent to the disk).
+fn write_len(exact: u64, start: u64, allocated_size: u64) -> u64 {
+    if exact < crate::io::POOLED_WRITE_MIN_BYTES as u64 {
+        return exact;
+    }
+    let class = exact.div_ceil(WRITE_LEN_CLASS_BYTES) * WRITE_LEN_CLASS_BYTES;
+    if start + class <= allocated_size {
+        class
+    } else {
+        exact
+    }
+}
+
 async fn write_once(sh: &Rc<Shared>, job: WriteJob) {
     let start = job.written_size - job.tail.len() as u64;
     assert_eq!(start % BLOCK_SIZE as u64, 0, "tail block is aligned");
     let logical_end = job.written_size + job.bytes;
-    let len = (align_up(logical_end) - start) as usize;
+    let exact = align_up(logical_end) - start;
+    let len = write_len(exact, start, job.allocated_size) as usize;
+    assert!(len as u64 >= exact, "a write covers its data");
+    assert_eq!(len % BLOCK_SIZE, 0, "O_DIRECT writes are whole blocks");
     let mut buf = job.file.alloc_buf(len);
     let new_tail;
     {
