@@ -49,6 +49,7 @@ struct ShardBoot {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
+    sockio::keep_large_buffers_in_heap();
     let cpus = match &args.cpus {
         Some(list) => parse_cpu_list(list)?,
         None => allowed_cpus(),
