@@ -49,7 +49,9 @@ fn produce(client: &Client, seqs: std::ops::Range<usize>) {
         .collect();
     producer.flush();
     for (seq, future) in pending {
-        let meta = future.wait().unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        let meta = future
+            .wait()
+            .unwrap_or_else(|e| panic!("message {seq}: {e}"));
         assert_eq!(meta.offset, seq as i64, "message {seq} acknowledged at");
     }
     producer.close();
@@ -67,7 +69,11 @@ fn check(client: &Client, count: usize) {
         assert!(Instant::now() < deadline, "consumed {next} of {count}");
         for r in consumer.poll(Duration::from_millis(500)).expect("poll") {
             assert_eq!(r.offset, next as i64);
-            assert_eq!(r.value.as_deref(), Some(&value_of(next)[..]), "offset {next}");
+            assert_eq!(
+                r.value.as_deref(),
+                Some(&value_of(next)[..]),
+                "offset {next}"
+            );
             next += 1;
         }
     }
@@ -117,7 +123,10 @@ fn sigkill_with_a_preallocated_tail_loses_no_fsync_ack() {
     assert!(status.success(), "{status}");
     let closed = partition_report(&broker.data_dir);
     assert_eq!(closed.next_offset, Some(25_000));
-    assert_eq!(closed.zero_tail_bytes, 0, "a clean shutdown trims: {closed:?}");
+    assert_eq!(
+        closed.zero_tail_bytes, 0,
+        "a clean shutdown trims: {closed:?}"
+    );
     broker.restart();
     check(&connect(&broker), 25_000);
 }
