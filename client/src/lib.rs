@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod fxhash;
 pub mod group;
 pub mod oneshot;
 pub mod producer;
@@ -42,7 +43,10 @@ pub use error::{ClientError, Result};
 pub use group::{
     Assignor, CommitCallback, GroupConfig, GroupConsumer, GroupMode, Membership, RebalanceListener,
 };
-pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture};
+pub use producer::{
+    Producer, ProducerConfig, ProducerRecord, RangeAck, RecordMetadata, RecordPosition, RecordRef,
+    SendFuture, SendManyFuture, SendManyResult, SentRange,
+};
 
 use cluster::Cluster;
 
