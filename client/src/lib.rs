@@ -19,6 +19,7 @@
 //! shard when it is known.
 
 pub mod admin;
+mod batch_view;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
@@ -36,6 +37,7 @@ pub use ringmq_wire::envelope::Acks;
 use ringmq_wire::envelope::{MetadataResponse, RequestBody, ResponseBody};
 
 pub use admin::{Admin, PartitionInfo, TopicInfo};
+pub use batch_view::{ConsumerBatch, RecordView};
 pub use cluster::TopicRoute;
 pub use connection::{Reply, ResponseFuture};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};

@@ -837,6 +837,57 @@ fn send_many_callback_covers_each_record_once_with_few_callbacks() {
     ));
 }
 
+#[test]
+fn consumer_checks_crcs_by_default_and_can_opt_out() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("crc", 1, &[]).unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let result = producer
+        .send_many("crc", [RecordRef::new(b"abc"), RecordRef::new(b"def")])
+        .wait()
+        .unwrap();
+    assert!(result.first_error().is_none());
+    producer.close();
+    // Corrupt the stored batch: flip a byte of the last value (the very
+    // last byte is the record's header count), keeping its structure.
+    {
+        let mut store = fake.store.lock().unwrap();
+        let log = store.logs.get_mut(&("crc".to_string(), 0)).unwrap();
+        let mut batch = BytesMut::from(&log.batches[0].1[..]);
+        let at = batch.len() - 2;
+        batch[at] ^= 0x20;
+        log.batches[0].1 = batch.freeze();
+    }
+    let mut checked = Consumer::new(client.clone(), ConsumerConfig::default());
+    checked.assign("crc", None, StartFrom::Earliest).unwrap();
+    let err = checked.poll(Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("CRC32C mismatch"), "{err}");
+    assert_eq!(checked.position("crc", 0), Some(0), "nothing handed out");
+
+    let mut unchecked = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            check_crcs: false,
+            ..ConsumerConfig::default()
+        },
+    );
+    unchecked.assign("crc", None, StartFrom::Earliest).unwrap();
+    let mut batches = Vec::new();
+    for _ in 0..50 {
+        batches.extend(unchecked.poll_batches(Duration::from_millis(100)).unwrap());
+        if !batches.is_empty() {
+            break;
+        }
+    }
+    let values: Vec<&[u8]> = batches
+        .iter()
+        .flat_map(|b| b.iter().map(|r| r.value.unwrap()))
+        .collect();
+    assert_eq!(values, vec![&b"abc"[..], &b"deF"[..]]);
+    assert_eq!(unchecked.position("crc", 0), Some(2));
+}
+
 /// Records rebalance events as `assigned 1 t:0,t:1` strings.
 struct Recorder(Arc<Mutex<Vec<String>>>);
 
