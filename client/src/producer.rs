@@ -64,6 +64,13 @@ use crate::{oneshot, Client, ClientConfig};
 /// scratch), at most this many: a bound on memory held outside the buffer
 /// budget.
 const MAX_SPARE_BUILDERS: usize = 4;
+/// Buffers of acknowledged uncompressed batches kept to carry new batches,
+/// at most this many bytes of them (at least two buffers). Without them
+/// every batch is written into freshly allocated memory, which the
+/// allocator often gets from the kernel anew: page faults and zeroing cost
+/// the client more than encoding. One produce answer completes up to
+/// `max_request_bytes` of batches at once, so the pool holds that much.
+const MAX_SPARE_BUFFER_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -526,6 +533,8 @@ struct Accumulator {
     rng: u64,
     /// Builders of shipped batches, reused by new ones (bounded).
     spare_builders: Vec<BatchBuilder>,
+    /// Buffers of completed batches, recycled into builders (bounded).
+    spare_buffers: Vec<Vec<u8>>,
 }
 
 impl Accumulator {
@@ -541,6 +550,7 @@ impl Accumulator {
             closed: false,
             rng,
             spare_builders: Vec::new(),
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -953,6 +963,7 @@ impl Shared {
             unfinished,
             rng,
             spare_builders,
+            spare_buffers,
             ..
         } = acc;
         let topic = &mut topics[topic_id];
@@ -975,7 +986,10 @@ impl Shared {
             queue,
             next_batch_id,
             unfinished,
-            spare_builders,
+            Spares {
+                builders: spare_builders,
+                buffers: spare_buffers,
+            },
             &self.config,
             size_bytes,
             timestamp_ms,
@@ -1085,7 +1099,7 @@ fn open_batch<'q>(
     queue: &'q mut PartitionQueue,
     next_batch_id: &mut u64,
     unfinished: &mut BTreeSet<u64>,
-    spare_builders: &mut Vec<BatchBuilder>,
+    spares: Spares<'_>,
     config: &ProducerConfig,
     size_bytes: usize,
     timestamp_ms: i64,
@@ -1101,7 +1115,7 @@ fn open_batch<'q>(
         let id = *next_batch_id;
         *next_batch_id += 1;
         unfinished.insert(id);
-        let builder = match spare_builders.pop() {
+        let mut builder = match spares.builders.pop() {
             Some(mut builder) => {
                 builder.reset(timestamp_ms);
                 builder
@@ -1111,6 +1125,12 @@ fn open_batch<'q>(
                 BatchBuilder::with_capacity(config.compression, timestamp_ms, config.batch_bytes)
             }
         };
+        if config.compression == Compression::None {
+            // Carries the batch after this one (build hands this one's over).
+            if let Some(buffer) = spares.buffers.pop() {
+                builder.recycle_buffer(buffer);
+            }
+        }
         queue.open = Some(Batch {
             id,
             builder,
@@ -1121,6 +1141,12 @@ fn open_batch<'q>(
         });
     }
     queue.open.as_mut().expect("open batch ensured")
+}
+
+/// The accumulator's pools of reusable builders and batch buffers.
+struct Spares<'a> {
+    builders: &'a mut Vec<BatchBuilder>,
+    buffers: &'a mut Vec<Vec<u8>>,
 }
 
 /// Records that record `call_index` of a `send_many` call went into
@@ -1213,6 +1239,9 @@ struct InFlight {
     record_count: u32,
     reserved_bytes: usize,
     sinks: Vec<RecordSink>,
+    /// The encoded batch (uncompressed only), to recycle its buffer once
+    /// the connection is done with it.
+    encoded: Option<Bytes>,
 }
 
 /// One partition's part of a produce request.
@@ -1363,6 +1392,7 @@ fn route_or_fail(shared: &Shared, topics: &[TopicId]) {
                 record_count: batch.record_count,
                 reserved_bytes: batch.reserved_bytes,
                 sinks: batch.sinks,
+                encoded: None,
             };
             let target = BatchTarget {
                 topic_id,
@@ -1396,11 +1426,12 @@ fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
         };
         let mut encoded = Vec::with_capacity(d.batches.len());
         for mut batch in d.batches {
-            let in_flight = InFlight {
+            let mut in_flight = InFlight {
                 id: batch.id,
                 record_count: batch.record_count,
                 reserved_bytes: batch.reserved_bytes,
                 sinks: std::mem::take(&mut batch.sinks),
+                encoded: None,
             };
             if batch.record_count == 0 {
                 // Left by a failed append: nothing to send.
@@ -1409,6 +1440,9 @@ fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
             }
             match batch.builder.build() {
                 Ok(bytes) => {
+                    if batch.builder.compression() == Compression::None {
+                        in_flight.encoded = Some(bytes.clone());
+                    }
                     encoded.push(bytes);
                     part.batches.push(in_flight);
                 }
@@ -1699,8 +1733,23 @@ fn complete_batch(
     if let Err(e) = &result {
         tracing::debug!(topic = %topic, partition = partition_number, records = batch.record_count, error = %e, "batch failed");
     }
+    // The batch's memory, if the connection no longer holds it (it may
+    // still, briefly, after a fast answer: then it is simply freed).
+    let buffer = batch
+        .encoded
+        .and_then(|bytes| bytes.try_into_mut().ok())
+        .map(|mut bytes| {
+            bytes.clear(); // nothing to move to the front when converting
+            Vec::from(bytes)
+        });
     {
         let mut acc = shared.lock();
+        if let Some(buffer) = buffer {
+            let max_spares = (MAX_SPARE_BUFFER_BYTES / shared.config.batch_bytes).max(2);
+            if acc.spare_buffers.len() < max_spares {
+                acc.spare_buffers.push(buffer);
+            }
+        }
         assert!(
             acc.buffered_bytes >= batch.reserved_bytes,
             "buffer accounting underflow"
@@ -1759,7 +1808,11 @@ mod tests {
         let size = record_size_upper_bound_bytes(None, Some(&value), &[]);
         let p = sticky_partition(topic, rng, size, cfg.batch_bytes);
         let queue = &mut topic.partitions[p as usize];
-        let batch = open_batch(queue, next_id, unfinished, &mut Vec::new(), cfg, size, 0);
+        let spares = Spares {
+            builders: &mut Vec::new(),
+            buffers: &mut Vec::new(),
+        };
+        let batch = open_batch(queue, next_id, unfinished, spares, cfg, size, 0);
         batch.builder.append(0, None, Some(&value), &[]).unwrap();
         batch.record_count += 1;
         let id = batch.id;
@@ -1845,7 +1898,10 @@ mod tests {
             queue,
             &mut acc.next_batch_id,
             &mut acc.unfinished,
-            &mut acc.spare_builders,
+            Spares {
+                builders: &mut acc.spare_builders,
+                buffers: &mut acc.spare_buffers,
+            },
             cfg,
             size,
             0,
@@ -1957,6 +2013,7 @@ mod tests {
                             record_count: 1,
                             reserved_bytes: 0,
                             sinks: Vec::new(),
+                            encoded: None,
                         })
                         .collect(),
                 },
