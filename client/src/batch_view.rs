@@ -374,14 +374,24 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn varint(&mut self) -> Result<i32, &'static str> {
-        let (value, size) = get_varint(&self.bytes[self.position..]).map_err(varint_reason)?;
+        let rest = &self.bytes[self.position..];
+        let (value, size) = match short_varint(rest) {
+            Some((raw, size)) => (zigzag_32(raw as u32), size),
+            None => get_varint(rest).map_err(varint_reason)?,
+        };
         self.position += size;
         Ok(value)
     }
 
+    #[inline]
     fn varlong(&mut self) -> Result<i64, &'static str> {
-        let (value, size) = get_varlong(&self.bytes[self.position..]).map_err(varint_reason)?;
+        let rest = &self.bytes[self.position..];
+        let (value, size) = match short_varint(rest) {
+            Some((raw, size)) => (zigzag_64(u64::from(raw)), size),
+            None => get_varlong(rest).map_err(varint_reason)?,
+        };
         self.position += size;
         Ok(value)
     }
@@ -401,6 +411,26 @@ impl<'a> Reader<'a> {
         self.position = end;
         Ok(Some(field))
     }
+}
+
+/// The raw (still zigzagged) value of a 1- or 2-byte varint, the sizes
+/// almost every length, delta and count takes; `None`: decode the long way.
+/// Accepts what the full decoder accepts (non-minimal encodings included).
+#[inline]
+fn short_varint(bytes: &[u8]) -> Option<(u16, usize)> {
+    match *bytes {
+        [b0, ..] if b0 < 0x80 => Some((u16::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => Some((u16::from(b0 & 0x7f) | (u16::from(b1) << 7), 2)),
+        _ => None,
+    }
+}
+
+fn zigzag_32(raw: u32) -> i32 {
+    ((raw >> 1) as i32) ^ -((raw & 1) as i32)
+}
+
+fn zigzag_64(raw: u64) -> i64 {
+    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
 }
 
 fn varint_reason(error: VarintError) -> &'static str {
@@ -566,6 +596,29 @@ mod tests {
                     assert_eq!((&*rec.topic, rec.partition), ("t", 3));
                 }
                 assert_eq!(batch.payload_bytes(), 2 + 2 + 3000);
+            }
+        }
+    }
+
+    /// The short-varint fast path decodes exactly as wire's decoder, for
+    /// every 1- and 2-byte input (minimal or not).
+    #[test]
+    fn short_varints_match_the_wire_decoder() {
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                let bytes = [b0, b1, 0x00];
+                let mut reader = Reader {
+                    bytes: &bytes,
+                    position: 0,
+                };
+                let want = get_varint(&bytes).map_err(varint_reason);
+                assert_eq!(reader.varint().map(|v| (v, reader.position)), want);
+                let mut reader = Reader {
+                    bytes: &bytes,
+                    position: 0,
+                };
+                let want = get_varlong(&bytes).map_err(varint_reason);
+                assert_eq!(reader.varlong().map(|v| (v, reader.position)), want);
             }
         }
     }

@@ -1015,15 +1015,25 @@ mod tests {
             let mut fbb = FlatBufferBuilder::new();
             let envelope = versions(requests[0].0, "cut").encode(&mut fbb).to_vec();
             let mut out = BytesMut::new();
-            encode_frame_head(&mut out, &envelope, 1000);
-            out.extend_from_slice(&[1u8; 400]); // 600 payload bytes never come
+            // A large frame that stops short: the close must wake the
+            // reader while it waits for the rest.
+            encode_frame_head(&mut out, &envelope, 2_000_000);
+            out.extend_from_slice(&vec![1u8; 300_000]);
             stream.write_all(&out).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
         });
         let conn = Connection::connect(&addr, config(10_000)).unwrap();
+        let started = Instant::now();
         let err = conn.call(RequestBody::ApiVersions, vec![]).unwrap_err();
         assert!(
             matches!(&err, ClientError::Disconnected { reason, .. } if reason.contains("closed the connection")),
             "{err}"
+        );
+        // Failed by the close, not by the 10 s request timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
         );
         server.join().unwrap();
     }
