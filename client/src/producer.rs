@@ -61,16 +61,22 @@ use crate::fxhash::FxHashMap;
 use crate::{oneshot, Client, ClientConfig};
 
 /// Spare batch builders kept for reuse (their buffers and compression
-/// scratch), at most this many: a bound on memory held outside the buffer
-/// budget.
+/// scratch), at most this many.
 const MAX_SPARE_BUILDERS: usize = 4;
-/// Buffers of acknowledged uncompressed batches kept to carry new batches,
-/// at most this many bytes of them (at least two buffers). Without them
-/// every batch is written into freshly allocated memory, which the
-/// allocator often gets from the kernel anew: page faults and zeroing cost
-/// the client more than encoding. One produce answer completes up to
-/// `max_request_bytes` of batches at once, so the pool holds that much.
+/// Buffers of acknowledged uncompressed batches kept to carry new batches:
+/// without them every batch is written into freshly allocated memory, which
+/// the allocator often gets from the kernel anew (page faults and zeroing
+/// cost the client more than encoding). At most this many bytes of them.
 const MAX_SPARE_BUFFER_BYTES: usize = 16 << 20;
+
+/// How many spare builders and spare buffers (each) the producer keeps:
+/// memory held outside the buffer budget, so at most 1/8 of it (and
+/// `MAX_SPARE_BUFFER_BYTES`), but at least one of each, or nothing would be
+/// reused at all.
+fn spare_limit(config: &ProducerConfig) -> usize {
+    let bytes = MAX_SPARE_BUFFER_BYTES.min(config.buffer_bytes / 8);
+    (bytes / config.batch_bytes).clamp(1, 16)
+}
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -1451,7 +1457,7 @@ fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
                     complete_batch(shared, target, in_flight, Err(err));
                 }
             }
-            if spare_builders.len() < MAX_SPARE_BUILDERS {
+            if spare_builders.len() < MAX_SPARE_BUILDERS.min(spare_limit(&shared.config)) {
                 spare_builders.push(batch.builder);
             }
         }
@@ -1464,7 +1470,9 @@ fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
     }
     if !spare_builders.is_empty() {
         let mut acc = shared.lock();
-        let room = MAX_SPARE_BUILDERS.saturating_sub(acc.spare_builders.len());
+        let room = MAX_SPARE_BUILDERS
+            .min(spare_limit(&shared.config))
+            .saturating_sub(acc.spare_builders.len());
         spare_builders.truncate(room);
         acc.spare_builders.append(&mut spare_builders);
     }
@@ -1745,8 +1753,7 @@ fn complete_batch(
     {
         let mut acc = shared.lock();
         if let Some(buffer) = buffer {
-            let max_spares = (MAX_SPARE_BUFFER_BYTES / shared.config.batch_bytes).max(2);
-            if acc.spare_buffers.len() < max_spares {
+            if acc.spare_buffers.len() < spare_limit(&shared.config) {
                 acc.spare_buffers.push(buffer);
             }
         }
