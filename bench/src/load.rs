@@ -10,8 +10,15 @@
 //! and latency is measured from it, so a stalled producer shows up in the
 //! tail instead of silently sending less (no coordinated omission).
 //!
-//! `produce` latency is send → acknowledgement (the per-record callback
-//! runs when the produce response arrives). `e2e` latency is send →
+//! Producers hand messages to the client in `send_many` calls (up to
+//! [`MAX_CALL_MESSAGES`] at a time; with `--rate`, every message whose
+//! intended time has come, once per tick: see [`crate::pace`]). The client
+//! reports each run of a call's messages that shared a batch with one
+//! callback, which reads the clock once and records every message's latency
+//! from its own (intended) send time.
+//!
+//! `produce` latency is send → acknowledgement (the range callback runs
+//! when the produce response arrives). `e2e` latency is send →
 //! receipt by a consumer, from the send time stamped in the first 8 bytes
 //! of each value (little-endian u64 ns since the shared epoch).
 //!
@@ -23,21 +30,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use ringmq_client::{
     Acks, Client, ClientConfig, ClientError, Compression, Consumer, ConsumerConfig, Producer,
-    ProducerConfig, ProducerRecord, RecordMetadata, StartFrom,
+    ProducerConfig, RecordRef, SentRange, StartFrom,
 };
 use ringmq_wire::batch::builder::record_size_upper_bound_bytes;
 use ringmq_wire::batch::HEADER_SIZE;
 use ringmq_wire::envelope::{LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use serde_json::{json, Value};
 
+use crate::pace::{Pacer, SendTimes};
 use crate::report::{
     latency_json, latency_line, new_histogram, now_ns, num, record_ns, wall_ms_at, Environment,
     ProgressLine,
 };
+
+/// Most messages per `send_many` call without `--rate`: a call holds the
+/// producer's lock while it copies them, so keep calls around a batch.
+pub const MAX_CALL_MESSAGES: usize = 1000;
+/// Most value bytes per `send_many` call (bounds the e2e stamping buffer).
+const MAX_CALL_BYTES: usize = 4 << 20;
 
 /// Options shared by `produce`, `consume` and `e2e`.
 #[derive(clap::Args, Debug, Clone)]
@@ -96,6 +110,17 @@ pub struct LoadArgs {
     /// Produce requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     pub max_in_flight: usize,
+    /// With --rate: how often a producer wakes to send every message whose
+    /// intended time has come, in µs. Latency still counts from each
+    /// message's intended time, so a longer tick shows as more latency
+    /// (about half a tick, more with --linger-ms: a burst opens its batch
+    /// late); 250 µs costs W4 ~0.2 ms of p50 against sending each message
+    /// on time, and a fraction of the CPU (1 ms: ~0.9 ms of p50).
+    #[arg(long, default_value_t = 250)]
+    pub send_tick_us: u64,
+    /// Consumers verify each batch's CRC32C (Kafka's check.crcs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub check_crcs: bool,
     /// `consume` only: first produce --messages messages (untimed) so
     /// there is something to read.
     #[arg(long)]
@@ -203,6 +228,9 @@ fn validate(mode: Mode, args: &LoadArgs) -> BenchResult<()> {
     }
     if !(args.warmup_s >= 0.0 && args.warmup_s.is_finite()) {
         return Err("--warmup-s must be >= 0".into());
+    }
+    if args.send_tick_us == 0 || args.send_tick_us > 1_000_000 {
+        return Err("--send-tick-us must be between 1 and 1000000".into());
     }
     Ok(())
 }
@@ -372,23 +400,35 @@ impl ProducerStats {
         }))
     }
 
-    /// The per-record callback: runs on the client's I/O thread.
-    fn complete(&self, result: Result<RecordMetadata, ClientError>, sent_ns: u64, measured: bool) {
-        match result {
+    /// The range callback: runs on the client's I/O thread once per run of
+    /// a `send_many` call's messages that shared a batch. One clock read;
+    /// each message's latency counts from its own (intended) send time.
+    fn complete_range(&self, range: SentRange, times: SendTimes, measured: bool) {
+        let n = range.indices.len() as u64;
+        match range.result {
             Ok(_) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
+                self.acked.fetch_add(n, Ordering::Relaxed);
                 if measured {
                     let now = now_ns();
-                    record_ns(
-                        &mut self.hist.lock().unwrap_or_else(|e| e.into_inner()),
-                        now.saturating_sub(sent_ns),
-                    );
-                    self.acked_measured.fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut hist = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+                        match times {
+                            SendTimes::Same(t) => {
+                                hist.saturating_record_n(now.saturating_sub(t) / 1_000, n)
+                            }
+                            SendTimes::Paced { .. } => {
+                                for k in range.indices {
+                                    record_ns(&mut hist, now.saturating_sub(times.of(k)));
+                                }
+                            }
+                        }
+                    }
+                    self.acked_measured.fetch_add(n, Ordering::Relaxed);
                     self.last_measured_ack_ns.fetch_max(now, Ordering::Relaxed);
                 }
             }
             Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.fetch_add(n, Ordering::Relaxed);
                 let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
                 if first.is_none() {
                     *first = Some(e.to_string());
@@ -433,6 +473,8 @@ struct ProducePlan {
     messages: Option<u64>,
     /// Nanoseconds between this producer's intended send times (`--rate`).
     interval_ns: Option<f64>,
+    /// With `--rate`: nanoseconds between send bursts.
+    tick_ns: u64,
     /// Stamp the send time into each value (e2e).
     stamp: bool,
 }
@@ -507,6 +549,75 @@ fn wait_until(t_ns: u64) {
     }
 }
 
+/// Hands messages to the producer, `send_many` call by call.
+struct CallSender<'a> {
+    producer: &'a Producer,
+    topic: &'a str,
+    template: Bytes,
+    message_size: usize,
+    /// e2e: stamp each value with its (intended) send time.
+    stamp: bool,
+    /// e2e: the stamped values of one call, back to back (reused).
+    scratch: Vec<u8>,
+    stats: &'static ProducerStats,
+}
+
+impl CallSender<'_> {
+    /// Sends `count` messages whose send times are `times`; `measured`:
+    /// they count in the results (not warm-up).
+    fn send(&mut self, count: usize, times: SendTimes, measured: bool) {
+        let size = self.message_size;
+        if self.stamp {
+            // Each value: its send time (u64 LE ns), then the template.
+            self.scratch.clear();
+            self.scratch.reserve(count * size);
+            for k in 0..count {
+                self.scratch.extend_from_slice(&times.of(k).to_le_bytes());
+                self.scratch.extend_from_slice(&self.template[8..]);
+            }
+        }
+        let (scratch, template, stamp) = (&self.scratch, &self.template, self.stamp);
+        let records = (0..count).map(|k| RecordRef {
+            value: Some(if stamp {
+                &scratch[k * size..(k + 1) * size]
+            } else {
+                &template[..]
+            }),
+            timestamp_ms: Some(wall_ms_at(times.of(k))),
+            ..RecordRef::default()
+        });
+        let stats = self.stats;
+        self.producer
+            .send_many_with_callback(self.topic, records, move |range| {
+                stats.complete_range(range, times, measured)
+            });
+        stats.sent.fetch_add(count as u64, Ordering::Relaxed);
+    }
+}
+
+/// Messages per `send_many` call for `message_size`-byte values.
+fn call_messages(message_size: usize) -> usize {
+    (MAX_CALL_BYTES / message_size.max(1)).clamp(1, MAX_CALL_MESSAGES)
+}
+
+/// Sleeps until `t_ns` (no spinning: with 1 ns timer slack the kernel
+/// wakes the thread within microseconds).
+fn sleep_until(t_ns: u64) {
+    let now = now_ns();
+    if t_ns > now {
+        std::thread::sleep(Duration::from_nanos(t_ns - now));
+    }
+}
+
+/// Asks the kernel to wake this thread's sleeps on time: the default 50 µs
+/// timer slack would add to every fixed-rate tick (best effort).
+fn precise_sleeps() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 /// One producer thread: connect, wait for the start, send, flush.
 fn producer_thread(
     plan: ProducePlan,
@@ -519,55 +630,117 @@ fn producer_thread(
     );
     let (start, measure_start, end) = clock.arrive();
     let producer = producer.map_err(|e| format!("producer connect to {}: {e}", plan.broker))?;
-    wait_until(start);
-    let template = payload_template(plan.message_size);
-    // e2e: values are built in one reusable buffer (split off and frozen;
-    // the producer copies them into its batch, so the space is reclaimed).
-    let mut buf = BytesMut::with_capacity(if plan.stamp {
-        plan.message_size * 64
-    } else {
-        0
-    });
-    let mut i: u64 = 0;
-    let mut measured: u64 = 0;
-    loop {
-        let t = match plan.interval_ns {
-            Some(interval) => {
-                let intended = start + (i as f64 * interval) as u64;
-                wait_until(intended);
-                intended
-            }
-            None => now_ns(),
-        };
-        let in_measure = t >= measure_start;
-        if in_measure && (t >= end || plan.messages.is_some_and(|n| measured >= n)) {
-            break;
+    let mut sender = CallSender {
+        producer: &producer,
+        topic: &plan.topic,
+        template: payload_template(plan.message_size),
+        message_size: plan.message_size,
+        stamp: plan.stamp,
+        scratch: Vec::new(),
+        stats,
+    };
+    let per_call = call_messages(plan.message_size);
+    match plan.interval_ns {
+        None => {
+            wait_until(start);
+            send_flat_out(&mut sender, &plan, per_call, measure_start, end);
         }
-        let value = if plan.stamp {
-            buf.reserve(plan.message_size);
-            buf.put_u64_le(t);
-            buf.extend_from_slice(&template[8..]);
-            buf.split().freeze()
-        } else {
-            template.clone()
-        };
-        let record = ProducerRecord {
-            topic: plan.topic.clone(),
-            value: Some(value),
-            timestamp_ms: Some(wall_ms_at(t)),
-            ..ProducerRecord::default()
-        };
-        producer.send_with_callback(record, move |result| {
-            stats.complete(result, t, in_measure);
-        });
-        stats.sent.fetch_add(1, Ordering::Relaxed);
-        i += 1;
-        if in_measure {
-            measured += 1;
+        Some(interval_ns) => {
+            precise_sleeps();
+            let pacer = Pacer::new(start, interval_ns, plan.tick_ns);
+            send_paced(&mut sender, &plan, pacer, per_call, measure_start, end);
         }
     }
     producer.close();
     Ok(())
+}
+
+/// Without `--rate`: calls of `per_call` messages back to back, each
+/// message's send time the time its call started.
+fn send_flat_out(
+    sender: &mut CallSender<'_>,
+    plan: &ProducePlan,
+    per_call: usize,
+    measure_start: u64,
+    end: u64,
+) {
+    let mut measured: u64 = 0;
+    loop {
+        let t = now_ns();
+        let in_measure = t >= measure_start;
+        let left = if in_measure {
+            if t >= end {
+                break;
+            }
+            match plan.messages {
+                Some(n) if measured >= n => break,
+                Some(n) => n - measured,
+                None => u64::MAX,
+            }
+        } else {
+            u64::MAX
+        };
+        let count = per_call.min(usize::try_from(left).unwrap_or(usize::MAX));
+        sender.send(count, SendTimes::Same(t), in_measure);
+        if in_measure {
+            measured += count as u64;
+        }
+    }
+}
+
+/// With `--rate`: wakes once per tick and sends every message whose
+/// intended time has come; warm-up and measured messages go in separate
+/// calls. Stops at the first measured message past `end` or the count.
+fn send_paced(
+    sender: &mut CallSender<'_>,
+    plan: &ProducePlan,
+    mut pacer: Pacer,
+    per_call: usize,
+    measure_start: u64,
+    end: u64,
+) {
+    let first_measured = pacer.first_at_or_after(measure_start);
+    let past_end = if end == u64::MAX {
+        u64::MAX
+    } else {
+        pacer.first_at_or_after(end)
+    };
+    // The first message not to send: past the end, or past the count.
+    let stop = match plan.messages {
+        Some(n) => past_end.min(first_measured.saturating_add(n)),
+        None => past_end,
+    };
+    let interval_ns = plan.interval_ns.expect("paced");
+    sleep_until(pacer.intended_ns(0));
+    loop {
+        let now = now_ns();
+        let due = pacer.due(now);
+        let due_end = due.end.min(stop);
+        let mut i = due.start;
+        while i < due_end {
+            let in_measure = i >= first_measured;
+            let run_end = if in_measure {
+                due_end
+            } else {
+                due_end.min(first_measured)
+            };
+            let count = usize::try_from(run_end - i)
+                .unwrap_or(usize::MAX)
+                .min(per_call);
+            let times = SendTimes::Paced {
+                start_ns: pacer.intended_ns(0),
+                interval_ns,
+                first: i,
+            };
+            sender.send(count, times, in_measure);
+            i += count as u64;
+        }
+        pacer.sent_up_to(i);
+        if i >= stop {
+            return;
+        }
+        sleep_until(pacer.next_wake_ns(now));
+    }
 }
 
 /// Splits `total` over `n` workers as evenly as possible.
@@ -592,6 +765,7 @@ fn produce_plans(args: &LoadArgs, acks: Acks, stamp: bool) -> BenchResult<Vec<Pr
             max_in_flight: args.max_in_flight,
             messages: messages.map(|n| share(n, args.producers, k)),
             interval_ns: args.rate.map(|r| 1e9 * args.producers as f64 / r),
+            tick_ns: args.send_tick_us * 1_000,
             stamp,
         })
         .collect())
@@ -671,6 +845,8 @@ impl Outcome {
             "warmup_s": args.warmup_s,
             "max_in_flight": args.max_in_flight,
             "produce_first": args.produce_first,
+            "send_tick_us": args.rate.map(|_| args.send_tick_us),
+            "check_crcs": args.check_crcs,
         });
         let mut report = env.json_head(mode.name(), acks.as_deref(), parameters);
         let obj = report.as_object_mut().expect("an object");
@@ -897,6 +1073,7 @@ struct ConsumePlan {
     from: StartFrom,
     /// e2e: read send stamps.
     stamped: bool,
+    check_crcs: bool,
 }
 
 fn consumer_thread(
@@ -907,7 +1084,11 @@ fn consumer_thread(
 ) -> BenchResult<()> {
     let setup = (|| {
         let client = Client::connect(client_config(&plan.broker, 4))?;
-        let mut consumer = Consumer::new(client, ConsumerConfig::default());
+        let config = ConsumerConfig {
+            check_crcs: plan.check_crcs,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(client, config);
         consumer.assign(&plan.topic, Some(plan.partitions.clone()), plan.from)?;
         Ok::<_, ClientError>(consumer)
     })();
@@ -941,11 +1122,12 @@ fn consumer_thread(
                 break;
             }
         }
-        let records = consumer
-            .poll(Duration::from_millis(100))
+        let batches = consumer
+            .poll_batches(Duration::from_millis(100))
             .map_err(|e| format!("consumer poll: {e}"))?;
         let received = now_ns();
-        if records.is_empty() {
+        let polled: usize = batches.iter().map(|b| b.len()).sum();
+        if polled == 0 {
             // e2e: give up on messages that never arrive after the
             // producers finished (reported as not consumed).
             if stop.producers_done.load(Ordering::Relaxed) {
@@ -960,17 +1142,13 @@ fn consumer_thread(
         // `consume`: count no more than the target over all consumers (a
         // fetch may overshoot it).
         let take = if stop.ends.is_some() {
-            let before = stop
-                .consumed
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let before = stop.consumed.fetch_add(polled as u64, Ordering::Relaxed);
             let total = stop.total.load(Ordering::Relaxed);
-            (total.saturating_sub(before) as usize).min(records.len())
+            (total.saturating_sub(before) as usize).min(polled)
         } else {
-            stop.consumed
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            records.len()
+            stop.consumed.fetch_add(polled as u64, Ordering::Relaxed);
+            polled
         };
-        let records = &records[..take];
         let mut bytes = 0u64;
         let mut measured = 0u64;
         let mut measured_bytes = 0u64;
@@ -978,11 +1156,12 @@ fn consumer_thread(
             let mut hist = plan
                 .stamped
                 .then(|| stats.hist.lock().unwrap_or_else(|e| e.into_inner()));
+            let records = batches.iter().flat_map(|b| b.iter()).take(take);
             for r in records {
-                let size = r.value.as_ref().map_or(0, |v| v.len()) as u64
-                    + r.key.as_ref().map_or(0, |k| k.len()) as u64;
+                let size =
+                    r.value.map_or(0, <[u8]>::len) as u64 + r.key.map_or(0, <[u8]>::len) as u64;
                 bytes += size;
-                match (&mut hist, &r.value) {
+                match (&mut hist, r.value) {
                     (Some(hist), Some(v)) if v.len() >= 8 => {
                         let sent = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
                         if sent >= measure_start {
@@ -1001,7 +1180,7 @@ fn consumer_thread(
                 }
             }
         }
-        let n = records.len() as u64;
+        let n = take as u64;
         stats.records.fetch_add(n, Ordering::Relaxed);
         stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         if measured > 0 {
@@ -1038,6 +1217,7 @@ fn spawn_consumers(
                 partitions: partitions_of(k, n, partitions),
                 from,
                 stamped,
+                check_crcs: args.check_crcs,
             };
             let (s, stop, clock) = (stats[k], stop.clone(), clock.clone());
             std::thread::spawn(move || consumer_thread(plan, s, stop, clock))

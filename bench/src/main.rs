@@ -11,6 +11,7 @@
 mod disk;
 mod load;
 mod net;
+mod pace;
 mod report;
 
 use clap::{Parser, Subcommand};

@@ -19,10 +19,12 @@
 //! shard when it is known.
 
 pub mod admin;
+mod batch_view;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod fxhash;
 pub mod group;
 pub mod oneshot;
 pub mod producer;
@@ -35,6 +37,7 @@ pub use ringmq_wire::envelope::Acks;
 use ringmq_wire::envelope::{MetadataResponse, RequestBody, ResponseBody};
 
 pub use admin::{Admin, PartitionInfo, TopicInfo};
+pub use batch_view::{ConsumerBatch, RecordView};
 pub use cluster::TopicRoute;
 pub use connection::{Reply, ResponseFuture};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
@@ -42,7 +45,10 @@ pub use error::{ClientError, Result};
 pub use group::{
     Assignor, CommitCallback, GroupConfig, GroupConsumer, GroupMode, Membership, RebalanceListener,
 };
-pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture};
+pub use producer::{
+    Producer, ProducerConfig, ProducerRecord, RangeAck, RecordMetadata, RecordPosition, RecordRef,
+    SendFuture, SendManyFuture, SendManyResult, SentRange,
+};
 
 use cluster::Cluster;
 

@@ -4,6 +4,11 @@
 //! * `send*` encodes the record straight into its partition's open
 //!   [`BatchBuilder`] (no per-record allocation beyond the builder's buffer,
 //!   plus a oneshot when the caller wants a result).
+//! * `send_many*` queues many records of one topic under one lock, with one
+//!   topic lookup and at most one clock read, and reports them per *range*:
+//!   a run of the call's records that landed in one batch completes with one
+//!   callback (first offset + count), not one callback per record. This is
+//!   the cheap path for high-rate producers (the bench uses it).
 //! * A batch is *ready* when it reaches `batch_bytes`, has lingered
 //!   `linger_ms`, or a flush/close asks for it. The sender thread takes ready
 //!   batches, finishes them (compression + CRC, off the accumulator lock),
@@ -32,6 +37,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -51,7 +57,26 @@ use ringmq_wire::murmur2;
 use crate::cluster::Cluster;
 use crate::connection::ReplyResult;
 use crate::error::{ClientError, Result};
+use crate::fxhash::FxHashMap;
 use crate::{oneshot, Client, ClientConfig};
+
+/// Spare batch builders kept for reuse (their buffers and compression
+/// scratch), at most this many.
+const MAX_SPARE_BUILDERS: usize = 4;
+/// Buffers of acknowledged uncompressed batches kept to carry new batches:
+/// without them every batch is written into freshly allocated memory, which
+/// the allocator often gets from the kernel anew (page faults and zeroing
+/// cost the client more than encoding). At most this many bytes of them.
+const MAX_SPARE_BUFFER_BYTES: usize = 16 << 20;
+
+/// How many spare builders and spare buffers (each) the producer keeps:
+/// memory held outside the buffer budget, so at most 1/8 of it (and
+/// `MAX_SPARE_BUFFER_BYTES`), but at least one of each, or nothing would be
+/// reused at all.
+fn spare_limit(config: &ProducerConfig) -> usize {
+    let bytes = MAX_SPARE_BUFFER_BYTES.min(config.buffer_bytes / 8);
+    (bytes / config.batch_bytes).clamp(1, 16)
+}
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -176,6 +201,56 @@ impl ProducerRecord {
         self.timestamp_ms = Some(timestamp_ms);
         self
     }
+
+    /// A borrowed view for [`Producer::send_many`] (the topic is given to
+    /// that call once).
+    pub fn as_record_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            partition: self.partition,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: &self.headers,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+/// One record for [`Producer::send_many`], borrowed: the producer copies
+/// key, value and headers into its batch while queueing, so the caller can
+/// reuse its buffers as soon as the call returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordRef<'a> {
+    /// `None`: by key (murmur2, Kafka-compatible), else sticky.
+    pub partition: Option<u32>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(String, Bytes)],
+    /// `None`: the time of the `send_many` call (read once per call).
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn new(value: &'a [u8]) -> RecordRef<'a> {
+        RecordRef {
+            value: Some(value),
+            ..RecordRef::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: &'a [u8]) -> RecordRef<'a> {
+        self.key = Some(key);
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> RecordRef<'a> {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> RecordRef<'a> {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
 }
 
 /// Where an acknowledged record landed.
@@ -191,6 +266,155 @@ pub struct RecordMetadata {
 
 type SendResult = Result<RecordMetadata>;
 type SendCallback = Box<dyn FnOnce(SendResult) + Send + 'static>;
+type RangeCallback = Arc<dyn Fn(SentRange) + Send + Sync + 'static>;
+
+/// The outcome of a run of consecutive records of one `send_many` call:
+/// records `indices` (positions in the call, in the order given) went into
+/// one batch of `partition`, and succeeded or failed together.
+#[derive(Debug, Clone)]
+pub struct SentRange {
+    pub topic: Arc<str>,
+    /// `None` for records that failed before a partition was chosen.
+    pub partition: Option<u32>,
+    pub indices: Range<usize>,
+    pub result: Result<RangeAck>,
+}
+
+/// Where an acknowledged range landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeAck {
+    /// Offset of the range's first record; the others follow one by one.
+    /// -1 with `Acks::None`.
+    pub base_offset: i64,
+    /// The broker's log-append time for log-append-time topics, else -1
+    /// (the records keep the timestamps they were sent with).
+    pub log_append_time_ms: i64,
+}
+
+impl SentRange {
+    /// The offset of record `index` of the call, if it is in this range
+    /// and was acknowledged with offsets.
+    pub fn offset_of(&self, index: usize) -> Option<i64> {
+        let ack = self.result.as_ref().ok()?;
+        if !self.indices.contains(&index) || ack.base_offset < 0 {
+            return None;
+        }
+        Some(ack.base_offset + (index - self.indices.start) as i64)
+    }
+}
+
+/// Where one record of a `send_many` call landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPosition {
+    pub partition: u32,
+    /// -1 with `Acks::None`.
+    pub offset: i64,
+}
+
+/// Every record's outcome of one [`Producer::send_many`] call.
+#[derive(Debug, Clone)]
+pub struct SendManyResult {
+    /// Sorted by `indices.start`; together they cover `0..len` once.
+    ranges: Vec<SentRange>,
+    len: usize,
+}
+
+impl SendManyResult {
+    /// Records in the call.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The ranges, in the order of the call's records.
+    pub fn ranges(&self) -> &[SentRange] {
+        &self.ranges
+    }
+
+    /// Each record's outcome, in the order the records were given.
+    pub fn results(&self) -> impl Iterator<Item = Result<RecordPosition>> + '_ {
+        self.ranges.iter().flat_map(|range| {
+            range.indices.clone().map(move |index| match &range.result {
+                Ok(ack) => Ok(RecordPosition {
+                    partition: range
+                        .partition
+                        .expect("acknowledged ranges have a partition"),
+                    offset: if ack.base_offset >= 0 {
+                        ack.base_offset + (index - range.indices.start) as i64
+                    } else {
+                        -1
+                    },
+                }),
+                Err(e) => Err(e.clone()),
+            })
+        })
+    }
+
+    /// The first failure, if any record failed.
+    pub fn first_error(&self) -> Option<&ClientError> {
+        self.ranges.iter().find_map(|r| r.result.as_ref().err())
+    }
+}
+
+/// The eventual [`SendManyResult`] of [`Producer::send_many`]: `.wait()`
+/// blocks, `.await` works in any executor.
+pub struct SendManyFuture {
+    rx: oneshot::Receiver<SendManyResult>,
+}
+
+impl SendManyFuture {
+    pub fn is_ready(&self) -> bool {
+        self.rx.is_ready()
+    }
+
+    pub fn wait(self) -> Result<SendManyResult> {
+        self.rx.wait().map_err(|_| ClientError::Closed("producer"))
+    }
+}
+
+impl Future for SendManyFuture {
+    type Output = Result<SendManyResult>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_err(|_| ClientError::Closed("producer")))
+    }
+}
+
+fn lock_gather(gather: &Mutex<Gather>) -> MutexGuard<'_, Gather> {
+    gather.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gathers the ranges of one `send_many` call until they cover it.
+struct Gather {
+    ranges: Vec<SentRange>,
+    covered: usize,
+    /// Records in the call; known once queueing returns.
+    expected: Option<usize>,
+    tx: Option<oneshot::Sender<SendManyResult>>,
+}
+
+impl Gather {
+    fn finish_if_complete(&mut self) {
+        let Some(expected) = self.expected else {
+            return;
+        };
+        assert!(self.covered <= expected, "a record was reported twice");
+        if self.covered == expected {
+            if let Some(tx) = self.tx.take() {
+                let mut ranges = std::mem::take(&mut self.ranges);
+                ranges.sort_unstable_by_key(|r| r.indices.start);
+                tx.send(SendManyResult {
+                    ranges,
+                    len: expected,
+                });
+            }
+        }
+    }
+}
 
 /// The eventual result of [`Producer::send`]: `.wait()` blocks, `.await`
 /// works in any executor.
@@ -236,24 +460,25 @@ impl Future for SendFuture {
     }
 }
 
-/// Who hears about one record's outcome.
+/// Who hears about the outcome of the records a [`RecordSink`] covers.
 enum Sink {
+    /// One record, `send`.
     Future(oneshot::Sender<SendResult>),
+    /// One record, `send_with_callback`.
     Callback(SendCallback),
-}
-
-impl Sink {
-    fn complete(self, result: SendResult) {
-        match self {
-            Sink::Future(tx) => tx.send(result),
-            Sink::Callback(cb) => cb(result),
-        }
-    }
+    /// A run of a `send_many` call, starting at record `first` of the call.
+    Range {
+        callback: RangeCallback,
+        first: usize,
+    },
 }
 
 struct RecordSink {
-    /// Index of the record in its batch.
+    /// Index of the (first) record in its batch.
     index: u32,
+    /// Records covered: 1 for the per-record sinks, the run's length for
+    /// `Sink::Range`.
+    count: u32,
     timestamp_ms: i64,
     sink: Sink,
 }
@@ -293,8 +518,17 @@ struct TopicState {
     sticky: Option<(u32, u64)>,
 }
 
+/// Index of a topic in [`Accumulator::topics`]; stable for the producer's
+/// life (topics are never removed), so in-flight batches carry it instead
+/// of looking the name up again.
+type TopicId = usize;
+
 struct Accumulator {
-    topics: HashMap<String, TopicState>,
+    topics: Vec<TopicState>,
+    topic_ids: FxHashMap<Arc<str>, TopicId>,
+    /// The topic of the last lookup: one string compare instead of a hash
+    /// lookup when an application sends to one topic at a time.
+    last_topic: Option<TopicId>,
     buffered_bytes: usize,
     next_batch_id: u64,
     /// Batches created and not yet completed: `flush` waits on these.
@@ -303,6 +537,64 @@ struct Accumulator {
     flush_up_to: u64,
     closed: bool,
     rng: u64,
+    /// Builders of shipped batches, reused by new ones (bounded).
+    spare_builders: Vec<BatchBuilder>,
+    /// Buffers of completed batches, recycled into builders (bounded).
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+impl Accumulator {
+    fn new(rng: u64) -> Accumulator {
+        Accumulator {
+            topics: Vec::new(),
+            topic_ids: FxHashMap::default(),
+            last_topic: None,
+            buffered_bytes: 0,
+            next_batch_id: 1,
+            unfinished: BTreeSet::new(),
+            flush_up_to: 0,
+            closed: false,
+            rng,
+            spare_builders: Vec::new(),
+            spare_buffers: Vec::new(),
+        }
+    }
+
+    fn find_topic(&mut self, topic: &str) -> Option<TopicId> {
+        if let Some(id) = self.last_topic {
+            if *self.topics[id].name == *topic {
+                return Some(id);
+            }
+        }
+        let id = *self.topic_ids.get(topic)?;
+        self.last_topic = Some(id);
+        Some(id)
+    }
+
+    /// Registers `topic` with `partition_count` partitions (or finds it;
+    /// partitions only grow, queues that exist are kept).
+    fn register_topic(&mut self, topic: &str, partition_count: u32) -> TopicId {
+        let id = match self.find_topic(topic) {
+            Some(id) => id,
+            None => {
+                let name: Arc<str> = Arc::from(topic);
+                let id = self.topics.len();
+                self.topics.push(TopicState {
+                    name: name.clone(),
+                    partitions: Vec::new(),
+                    sticky: None,
+                });
+                self.topic_ids.insert(name, id);
+                id
+            }
+        };
+        let state = &mut self.topics[id];
+        while state.partitions.len() < partition_count as usize {
+            state.partitions.push(PartitionQueue::default());
+        }
+        self.last_topic = Some(id);
+        id
+    }
 }
 
 struct Shared {
@@ -343,15 +635,7 @@ impl Producer {
         let shared = Arc::new(Shared {
             config,
             cluster: client.cluster().clone(),
-            acc: Mutex::new(Accumulator {
-                topics: HashMap::new(),
-                buffered_bytes: 0,
-                next_batch_id: 1,
-                unfinished: BTreeSet::new(),
-                flush_up_to: 0,
-                closed: false,
-                rng: seed,
-            }),
+            acc: Mutex::new(Accumulator::new(seed)),
             wake_sender: Condvar::new(),
             progress: Condvar::new(),
         });
@@ -377,7 +661,11 @@ impl Producer {
     /// failed). Blocks only while the buffer is full (`max_block_ms`).
     pub fn send(&self, record: ProducerRecord) -> SendFuture {
         let (tx, rx) = oneshot::channel();
-        match self.shared.append(&record, &mut Some(Sink::Future(tx))) {
+        match self.shared.append(
+            &record.topic,
+            record.as_record_ref(),
+            &mut Some(Sink::Future(tx)),
+        ) {
             Ok(()) => SendFuture {
                 state: SendFutureState::Pending(rx),
             },
@@ -395,11 +683,66 @@ impl Producer {
         callback: impl FnOnce(SendResult) + Send + 'static,
     ) {
         let mut sink = Some(Sink::Callback(Box::new(callback)));
-        if let Err(e) = self.shared.append(&record, &mut sink) {
-            if let Some(sink) = sink {
-                sink.complete(Err(e));
+        if let Err(e) = self
+            .shared
+            .append(&record.topic, record.as_record_ref(), &mut sink)
+        {
+            if let Some(Sink::Callback(callback)) = sink {
+                callback(Err(e));
             }
         }
+    }
+
+    /// Queues many records of `topic` at once and reports them by range:
+    /// `callback` runs once per run of consecutive records that went into
+    /// the same batch (a [`SentRange`]: which records, the partition, the
+    /// first offset), so a call of N records that fills one batch costs one
+    /// callback, not N. Every record is covered by exactly one range; ranges
+    /// may arrive in any order, on I/O threads (keep the callback short) or
+    /// on this thread for records that could not be queued (bad record:
+    /// that record alone; closed producer or buffer timeout: every record
+    /// from there on).
+    ///
+    /// Cheaper than `send` per record: one lock, one topic lookup, at most
+    /// one clock read (for records without a timestamp) and no allocation
+    /// per record. Blocks while the buffer is full, like `send`.
+    pub fn send_many_with_callback<'r>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = RecordRef<'r>>,
+        callback: impl Fn(SentRange) + Send + Sync + 'static,
+    ) {
+        let callback: RangeCallback = Arc::new(callback);
+        self.shared.append_many(topic, records, &callback);
+    }
+
+    /// Like [`Self::send_many_with_callback`], with one future for the whole
+    /// call that resolves once every record is acknowledged or failed, with
+    /// each record's partition and offset in the order given.
+    pub fn send_many<'r>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = RecordRef<'r>>,
+    ) -> SendManyFuture {
+        let (tx, rx) = oneshot::channel();
+        let gather = Arc::new(Mutex::new(Gather {
+            ranges: Vec::new(),
+            covered: 0,
+            expected: None,
+            tx: Some(tx),
+        }));
+        let sink = gather.clone();
+        let callback: RangeCallback = Arc::new(move |range: SentRange| {
+            let mut g = lock_gather(&sink);
+            g.covered += range.indices.len();
+            g.ranges.push(range);
+            g.finish_if_complete();
+        });
+        let count = self.shared.append_many(topic, records, &callback);
+        let mut g = lock_gather(&gather);
+        g.expected = Some(count);
+        g.finish_if_complete();
+        SendManyFuture { rx }
     }
 
     /// Sends and waits for the acknowledgement.
@@ -410,7 +753,8 @@ impl Producer {
     /// Queues a record and forgets it: no result is delivered (failures are
     /// logged). Errors here are only those found before queueing.
     pub fn send_oneway(&self, record: ProducerRecord) -> Result<()> {
-        self.shared.append(&record, &mut None)
+        self.shared
+            .append(&record.topic, record.as_record_ref(), &mut None)
     }
 
     /// Sends everything queued now without waiting for linger, and blocks
@@ -448,160 +792,289 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A record checked and measured outside the lock, ready to append.
+struct Prepared<'r> {
+    record: RecordRef<'r>,
+    headers: Vec<HeaderRef<'r>>,
+    size_bytes: usize,
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Accumulator> {
         self.acc.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues one record into its partition's open batch. `sink` is taken
-    /// only once the record is queued; on failure the caller still has it.
-    fn append(&self, record: &ProducerRecord, sink: &mut Option<Sink>) -> Result<()> {
-        if record.topic.is_empty() {
-            return Err(ClientError::InvalidArgument(
-                "the record has no topic".into(),
-            ));
-        }
-        let headers: Vec<HeaderRef<'_>> = record
+    /// Checks that `record` fits a batch; collects its headers (allocates
+    /// only when it has some).
+    fn prepare<'r>(&self, record: RecordRef<'r>) -> Result<Prepared<'r>> {
+        let headers: Vec<HeaderRef<'r>> = record
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), Some(&v[..])))
             .collect();
-        let key = record.key.as_deref();
-        let value = record.value.as_deref();
-        let size_bytes = record_size_upper_bound_bytes(key, value, &headers);
+        let size_bytes = record_size_upper_bound_bytes(record.key, record.value, &headers);
         if size_bytes > self.config.batch_bytes - HEADER_SIZE {
             return Err(ClientError::InvalidArgument(format!(
                 "a record of up to {size_bytes} bytes does not fit in a batch of batch_bytes {}; raise ProducerConfig::batch_bytes (and the broker's frame limit) or send smaller records",
                 self.config.batch_bytes
             )));
         }
+        Ok(Prepared {
+            record,
+            headers,
+            size_bytes,
+        })
+    }
+
+    /// Queues one record into its partition's open batch. `sink` is taken
+    /// only once the record is queued; on failure the caller still has it.
+    fn append(&self, topic: &str, record: RecordRef<'_>, sink: &mut Option<Sink>) -> Result<()> {
+        let prepared = self.prepare(record)?;
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
-        let partition_count = self.partition_count(&record.topic)?;
-        let mut acc = self.reserve(size_bytes)?;
-        let acc = &mut *acc;
-        let topic = acc
-            .topics
-            .get_mut(&record.topic)
-            .expect("partition_count registered the topic");
-        let result = (|| {
-            let partition = match (record.partition, key) {
-                (Some(p), _) if p >= partition_count => Err(ClientError::UnknownPartition {
-                    topic: record.topic.clone(),
-                    partition: p,
-                    partition_count,
-                }),
-                (Some(p), _) => Ok(p),
-                (None, Some(key)) => Ok(murmur2::partition_for_key(key, partition_count)),
-                (None, None) => Ok(sticky_partition(
-                    topic,
-                    &mut acc.rng,
-                    size_bytes,
-                    self.config.batch_bytes,
-                )),
-            }?;
-            let queue = &mut topic.partitions[partition as usize];
-            let batch = open_batch(
-                queue,
-                &mut acc.next_batch_id,
-                &mut acc.unfinished,
-                &self.config,
-                size_bytes,
-                timestamp_ms,
-            );
-            let new_batch = batch.record_count == 0;
-            batch
-                .builder
-                .append(timestamp_ms, key, value, &headers)
-                .map_err(|e| {
-                    ClientError::InvalidArgument(format!("cannot encode the record: {e}"))
-                })?;
-            if let Some(sink) = sink.take() {
-                batch.sinks.push(RecordSink {
-                    index: batch.record_count,
-                    timestamp_ms,
-                    sink,
-                });
-            }
-            batch.record_count += 1;
-            batch.reserved_bytes += size_bytes;
-            let full = batch.builder.size_bytes() >= self.config.batch_bytes;
-            let batch_id = batch.id;
-            if full {
-                let batch = queue.open.take().expect("just appended");
-                queue.sealed.push_back(batch);
-            }
-            if record.partition.is_none() && key.is_none() {
-                topic.sticky = Some((partition, batch_id));
-            }
-            Ok(new_batch || full)
-        })();
+        let (acc, topic_id) = self.lock_topic(topic)?;
+        let (mut acc, reserved) = self.reserve(acc, prepared.size_bytes);
+        reserved?;
+        let result = self.append_locked(
+            &mut acc,
+            topic_id,
+            &prepared,
+            timestamp_ms,
+            |batch, index| {
+                if let Some(sink) = sink.take() {
+                    batch.sinks.push(RecordSink {
+                        index,
+                        count: 1,
+                        timestamp_ms,
+                        sink,
+                    });
+                }
+            },
+        );
         match result {
             Ok(wake) => {
+                drop(acc);
                 if wake {
                     self.wake_sender.notify_one();
                 }
                 Ok(())
             }
             Err(e) => {
-                acc.buffered_bytes -= size_bytes;
-                // An empty open batch left behind by a failed append is
-                // harmless: the sender completes it as empty.
+                acc.buffered_bytes -= prepared.size_bytes;
                 Err(e)
             }
         }
     }
 
-    /// Partition count of `topic`, registering it in the accumulator.
-    fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(state) = self.lock().topics.get(topic) {
-            return Ok(u32::try_from(state.partitions.len()).expect("fits"));
-        }
-        let route = self.cluster.topic(topic)?;
-        let count = route.partition_count();
-        let mut acc = self.lock();
-        let state = acc
-            .topics
-            .entry(topic.to_string())
-            .or_insert_with(|| TopicState {
-                name: Arc::from(topic),
-                partitions: Vec::new(),
-                sticky: None,
+    /// Queues the records of one `send_many` call; returns how many there
+    /// were. Every record ends up in exactly one range reported to
+    /// `callback`: from `complete_batch` once its batch completes, or from
+    /// here (after the lock is released) when it could not be queued.
+    fn append_many<'r>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = RecordRef<'r>>,
+        callback: &RangeCallback,
+    ) -> usize {
+        let mut records = records.into_iter();
+        // Failed before queueing; reported once the lock is released, as
+        // the callback may call back into the producer.
+        let mut failures: Vec<(Range<usize>, ClientError)> = Vec::new();
+        let mut count = 0usize;
+        let name: Arc<str> = match self.lock_topic(topic) {
+            Err(e) => {
+                count = records.count();
+                if count > 0 {
+                    failures.push((0..count, e));
+                }
+                Arc::from(topic)
+            }
+            Ok((mut acc, topic_id)) => {
+                let name = acc.topics[topic_id].name.clone();
+                let mut call_now_ms: Option<i64> = None;
+                let mut wake = false;
+                for record in records.by_ref() {
+                    let index = count;
+                    count += 1;
+                    let prepared = match self.prepare(record) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            failures.push((index..index + 1, e));
+                            continue;
+                        }
+                    };
+                    let timestamp_ms = record
+                        .timestamp_ms
+                        .unwrap_or_else(|| *call_now_ms.get_or_insert_with(now_ms));
+                    let reserved;
+                    (acc, reserved) = self.reserve(acc, prepared.size_bytes);
+                    if let Err(e) = reserved {
+                        // Closed or out of buffer for max_block_ms: the
+                        // same would happen to every later record.
+                        let rest = records.by_ref().count();
+                        count += rest;
+                        failures.push((index..index + 1 + rest, e));
+                        break;
+                    }
+                    let result = self.append_locked(
+                        &mut acc,
+                        topic_id,
+                        &prepared,
+                        timestamp_ms,
+                        |batch, index_in_batch| {
+                            attach_range(batch, index_in_batch, index, timestamp_ms, callback)
+                        },
+                    );
+                    match result {
+                        Ok(w) => wake |= w,
+                        Err(e) => {
+                            acc.buffered_bytes -= prepared.size_bytes;
+                            failures.push((index..index + 1, e));
+                        }
+                    }
+                }
+                drop(acc);
+                if wake {
+                    self.wake_sender.notify_one();
+                }
+                name
+            }
+        };
+        for (indices, error) in failures {
+            callback(SentRange {
+                topic: name.clone(),
+                partition: None,
+                indices,
+                result: Err(error),
             });
-        // Partitions only grow; keep queues that already exist.
-        while state.partitions.len() < count as usize {
-            state.partitions.push(PartitionQueue::default());
         }
-        Ok(u32::try_from(state.partitions.len()).expect("fits"))
+        count
     }
 
-    /// Takes `size_bytes` of the buffer budget, blocking while it is spent.
-    fn reserve(&self, size_bytes: usize) -> Result<MutexGuard<'_, Accumulator>> {
+    /// Appends one prepared record, whose budget is reserved, to its
+    /// partition's open batch. `attach` gets the batch and the record's
+    /// index in it once the record is in (before the batch can seal, so a
+    /// sink always ships with its records). Returns whether to wake the
+    /// sender (a new batch to linger on, or a full one).
+    fn append_locked(
+        &self,
+        acc: &mut Accumulator,
+        topic_id: TopicId,
+        prepared: &Prepared<'_>,
+        timestamp_ms: i64,
+        attach: impl FnOnce(&mut Batch, u32),
+    ) -> Result<bool> {
+        let Accumulator {
+            topics,
+            next_batch_id,
+            unfinished,
+            rng,
+            spare_builders,
+            spare_buffers,
+            ..
+        } = acc;
+        let topic = &mut topics[topic_id];
+        let partition_count = u32::try_from(topic.partitions.len()).expect("fits");
+        let (record, size_bytes) = (&prepared.record, prepared.size_bytes);
+        let partition = match (record.partition, record.key) {
+            (Some(p), _) if p >= partition_count => {
+                return Err(ClientError::UnknownPartition {
+                    topic: topic.name.to_string(),
+                    partition: p,
+                    partition_count,
+                })
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => murmur2::partition_for_key(key, partition_count),
+            (None, None) => sticky_partition(topic, rng, size_bytes, self.config.batch_bytes),
+        };
+        let queue = &mut topic.partitions[partition as usize];
+        let batch = open_batch(
+            queue,
+            next_batch_id,
+            unfinished,
+            Spares {
+                builders: spare_builders,
+                buffers: spare_buffers,
+            },
+            &self.config,
+            size_bytes,
+            timestamp_ms,
+        );
+        let new_batch = batch.record_count == 0;
+        batch
+            .builder
+            .append(timestamp_ms, record.key, record.value, &prepared.headers)
+            .map_err(|e| ClientError::InvalidArgument(format!("cannot encode the record: {e}")))?;
+        attach(batch, batch.record_count);
+        batch.record_count += 1;
+        batch.reserved_bytes += size_bytes;
+        let full = batch.builder.size_bytes() >= self.config.batch_bytes;
+        let batch_id = batch.id;
+        if full {
+            let batch = queue.open.take().expect("just appended");
+            queue.sealed.push_back(batch);
+        }
+        if record.partition.is_none() && record.key.is_none() {
+            topic.sticky = Some((partition, batch_id));
+        }
+        // An empty open batch left behind by a failed append is harmless:
+        // the sender completes it as empty.
+        Ok(new_batch || full)
+    }
+
+    /// The accumulator, locked, and the id of `topic` in it (registered on
+    /// first use, which fetches its metadata without the lock held).
+    fn lock_topic(&self, topic: &str) -> Result<(MutexGuard<'_, Accumulator>, TopicId)> {
+        if topic.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the record has no topic".into(),
+            ));
+        }
+        {
+            let mut acc = self.lock();
+            if let Some(id) = acc.find_topic(topic) {
+                return Ok((acc, id));
+            }
+        }
+        let count = self.cluster.topic(topic)?.partition_count();
+        let mut acc = self.lock();
+        let id = acc.register_topic(topic, count);
+        Ok((acc, id))
+    }
+
+    /// Takes `size_bytes` of the buffer budget, waiting (lock released)
+    /// while it is spent. Gives the lock back either way.
+    fn reserve<'a>(
+        &'a self,
+        mut acc: MutexGuard<'a, Accumulator>,
+        size_bytes: usize,
+    ) -> (MutexGuard<'a, Accumulator>, Result<()>) {
         // Read the clock only when we have to wait: this runs per record.
         let mut deadline: Option<Instant> = None;
-        let mut acc = self.lock();
         loop {
             if acc.closed {
-                return Err(ClientError::Closed("producer"));
+                return (acc, Err(ClientError::Closed("producer")));
             }
             // An empty buffer always admits one record, so no record can wait forever.
             if acc.buffered_bytes == 0
                 || acc.buffered_bytes + size_bytes <= self.config.buffer_bytes
             {
                 acc.buffered_bytes += size_bytes;
-                return Ok(acc);
+                return (acc, Ok(()));
             }
             let now = Instant::now();
             let deadline =
                 *deadline.get_or_insert(now + Duration::from_millis(self.config.max_block_ms));
             if now >= deadline {
-                return Err(ClientError::Timeout {
+                let error = ClientError::Timeout {
                     what: format!(
                         "buffer space ({} of buffer_bytes {} in use)",
                         acc.buffered_bytes, self.config.buffer_bytes
                     ),
                     endpoint: self.cluster.config.bootstrap.clone(),
                     timeout_ms: self.config.max_block_ms,
-                });
+                };
+                return (acc, Err(error));
             }
             // Make sure what is buffered actually ships while we wait.
             acc.flush_up_to = acc.next_batch_id - 1;
@@ -626,11 +1099,13 @@ impl Shared {
 }
 
 /// The open batch of `queue` with room for `size_bytes` more, sealing a full
-/// one and starting a new one as needed.
+/// one and starting a new one as needed (on a spare builder when there is
+/// one).
 fn open_batch<'q>(
     queue: &'q mut PartitionQueue,
     next_batch_id: &mut u64,
     unfinished: &mut BTreeSet<u64>,
+    spares: Spares<'_>,
     config: &ProducerConfig,
     size_bytes: usize,
     timestamp_ms: i64,
@@ -646,14 +1121,25 @@ fn open_batch<'q>(
         let id = *next_batch_id;
         *next_batch_id += 1;
         unfinished.insert(id);
+        let mut builder = match spares.builders.pop() {
+            Some(mut builder) => {
+                builder.reset(timestamp_ms);
+                builder
+            }
+            // Sized up front: a batch that regrows re-copies its records.
+            None => {
+                BatchBuilder::with_capacity(config.compression, timestamp_ms, config.batch_bytes)
+            }
+        };
+        if config.compression == Compression::None {
+            // Carries the batch after this one (build hands this one's over).
+            if let Some(buffer) = spares.buffers.pop() {
+                builder.recycle_buffer(buffer);
+            }
+        }
         queue.open = Some(Batch {
             id,
-            // Sized up front: a batch that regrows re-copies its records.
-            builder: BatchBuilder::with_capacity(
-                config.compression,
-                timestamp_ms,
-                config.batch_bytes,
-            ),
+            builder,
             created: Instant::now(),
             record_count: 0,
             reserved_bytes: 0,
@@ -661,6 +1147,47 @@ fn open_batch<'q>(
         });
     }
     queue.open.as_mut().expect("open batch ensured")
+}
+
+/// The accumulator's pools of reusable builders and batch buffers.
+struct Spares<'a> {
+    builders: &'a mut Vec<BatchBuilder>,
+    buffers: &'a mut Vec<Vec<u8>>,
+}
+
+/// Records that record `call_index` of a `send_many` call went into
+/// `batch` at `index_in_batch`: extends the call's run in this batch when
+/// the record follows it, else starts a new run.
+fn attach_range(
+    batch: &mut Batch,
+    index_in_batch: u32,
+    call_index: usize,
+    timestamp_ms: i64,
+    callback: &RangeCallback,
+) {
+    if let Some(last) = batch.sinks.last_mut() {
+        if let Sink::Range {
+            callback: run_callback,
+            first,
+        } = &last.sink
+        {
+            let follows = last.index + last.count == index_in_batch
+                && *first + last.count as usize == call_index;
+            if follows && Arc::ptr_eq(run_callback, callback) {
+                last.count += 1;
+                return;
+            }
+        }
+    }
+    batch.sinks.push(RecordSink {
+        index: index_in_batch,
+        count: 1,
+        timestamp_ms,
+        sink: Sink::Range {
+            callback: callback.clone(),
+            first: call_index,
+        },
+    });
 }
 
 /// Kafka's sticky partitioner: keyless records fill one partition's batch;
@@ -705,6 +1232,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 /// Batches of one partition taken by the sender.
 struct Drained {
+    topic_id: TopicId,
     topic: Arc<str>,
     partition: u32,
     endpoint: Arc<str>,
@@ -717,10 +1245,14 @@ struct InFlight {
     record_count: u32,
     reserved_bytes: usize,
     sinks: Vec<RecordSink>,
+    /// The encoded batch (uncompressed only), to recycle its buffer once
+    /// the connection is done with it.
+    encoded: Option<Bytes>,
 }
 
 /// One partition's part of a produce request.
 struct RequestPart {
+    topic_id: TopicId,
     topic: Arc<str>,
     partition: u32,
     endpoint: Arc<str>,
@@ -756,7 +1288,7 @@ fn wait_for_ready(shared: &Shared) -> Option<Vec<Drained>> {
         }
         let idle = acc
             .topics
-            .values()
+            .iter()
             .all(|t| t.partitions.iter().all(PartitionQueue::is_idle));
         if acc.closed && idle {
             return None;
@@ -784,13 +1316,16 @@ fn drain_ready(
     cluster: &Cluster,
     now: Instant,
     linger: Duration,
-) -> (Vec<Drained>, Option<Instant>, Vec<Arc<str>>) {
+) -> (Vec<Drained>, Option<Instant>, Vec<TopicId>) {
     let mut drained = Vec::new();
     let mut next_deadline: Option<Instant> = None;
     let mut unrouted = Vec::new();
     let (closed, flush_up_to) = (acc.closed, acc.flush_up_to);
     let force = |b: &Batch| closed || b.id <= flush_up_to || b.created + linger <= now;
-    for topic in acc.topics.values_mut() {
+    for (topic_id, topic) in acc.topics.iter_mut().enumerate() {
+        if topic.partitions.iter().all(PartitionQueue::is_idle) {
+            continue; // no metadata lookup for topics with nothing queued
+        }
         let route = cluster.cached_route(&topic.name);
         for (index, queue) in topic.partitions.iter_mut().enumerate() {
             let open_ready = queue.open.as_ref().is_some_and(force);
@@ -808,8 +1343,8 @@ fn drain_ready(
                 .as_ref()
                 .and_then(|r| cluster.cached_endpoint(r, partition))
             else {
-                if !unrouted.contains(&topic.name) {
-                    unrouted.push(topic.name.clone());
+                if !unrouted.contains(&topic_id) {
+                    unrouted.push(topic_id);
                 }
                 continue;
             };
@@ -825,6 +1360,7 @@ fn drain_ready(
             queue.in_flight_batches += u32::try_from(batches.len()).expect("fits");
             queue.in_flight_endpoint = Some(endpoint.clone());
             drained.push(Drained {
+                topic_id,
                 topic: topic.name.clone(),
                 partition,
                 endpoint,
@@ -837,31 +1373,40 @@ fn drain_ready(
 
 /// Fetches metadata for topics the cache lost; fails their queued batches
 /// when that is impossible (the topic was deleted, the broker is gone).
-fn route_or_fail(shared: &Shared, topics: &[Arc<str>]) {
-    for topic in topics {
-        let Err(error) = shared.cluster.topic(topic) else {
+fn route_or_fail(shared: &Shared, topics: &[TopicId]) {
+    for &topic_id in topics {
+        let name = shared.lock().topics[topic_id].name.clone();
+        let Err(error) = shared.cluster.topic(&name) else {
             continue;
         };
-        tracing::warn!(topic = %topic, %error, "cannot route queued batches; failing them");
-        let batches: Vec<Batch> = {
+        tracing::warn!(topic = %name, %error, "cannot route queued batches; failing them");
+        let batches: Vec<(u32, Batch)> = {
             let mut acc = shared.lock();
-            let Some(state) = acc.topics.get_mut(&**topic) else {
-                continue;
-            };
-            state
+            acc.topics[topic_id]
                 .partitions
                 .iter_mut()
-                .flat_map(|q| q.sealed.drain(..).chain(q.open.take()))
+                .enumerate()
+                .flat_map(|(p, q)| {
+                    let p = u32::try_from(p).expect("fits");
+                    q.sealed.drain(..).chain(q.open.take()).map(move |b| (p, b))
+                })
                 .collect()
         };
-        for batch in batches {
+        for (partition, batch) in batches {
             let in_flight = InFlight {
                 id: batch.id,
                 record_count: batch.record_count,
                 reserved_bytes: batch.reserved_bytes,
                 sinks: batch.sinks,
+                encoded: None,
             };
-            complete_batch(shared, topic, None, in_flight, Err(error.clone()));
+            let target = BatchTarget {
+                topic_id,
+                topic: &name,
+                partition,
+                shipped: false,
+            };
+            complete_batch(shared, target, in_flight, Err(error.clone()));
         }
     }
 }
@@ -870,35 +1415,50 @@ fn route_or_fail(shared: &Shared, topics: &[Arc<str>]) {
 /// requests per endpoint.
 fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
     let mut by_endpoint: HashMap<Arc<str>, Vec<(RequestPart, Vec<Bytes>)>> = HashMap::new();
+    let mut spare_builders = Vec::new();
     for d in drained {
         let mut part = RequestPart {
+            topic_id: d.topic_id,
             topic: d.topic.clone(),
             partition: d.partition,
             endpoint: d.endpoint.clone(),
             batches: Vec::with_capacity(d.batches.len()),
         };
+        let target = BatchTarget {
+            topic_id: d.topic_id,
+            topic: &d.topic,
+            partition: d.partition,
+            shipped: true,
+        };
         let mut encoded = Vec::with_capacity(d.batches.len());
         for mut batch in d.batches {
-            let in_flight = InFlight {
+            let mut in_flight = InFlight {
                 id: batch.id,
                 record_count: batch.record_count,
                 reserved_bytes: batch.reserved_bytes,
                 sinks: std::mem::take(&mut batch.sinks),
+                encoded: None,
             };
             if batch.record_count == 0 {
                 // Left by a failed append: nothing to send.
-                complete_batch(shared, &d.topic, Some(d.partition), in_flight, Ok((-1, -1)));
+                complete_batch(shared, target, in_flight, Ok((-1, -1)));
                 continue;
             }
             match batch.builder.build() {
                 Ok(bytes) => {
+                    if batch.builder.compression() == Compression::None {
+                        in_flight.encoded = Some(bytes.clone());
+                    }
                     encoded.push(bytes);
                     part.batches.push(in_flight);
                 }
                 Err(e) => {
                     let err = ClientError::InvalidArgument(format!("cannot build the batch: {e}"));
-                    complete_batch(shared, &d.topic, Some(d.partition), in_flight, Err(err));
+                    complete_batch(shared, target, in_flight, Err(err));
                 }
+            }
+            if spare_builders.len() < MAX_SPARE_BUILDERS.min(spare_limit(&shared.config)) {
+                spare_builders.push(batch.builder);
             }
         }
         if !part.batches.is_empty() {
@@ -907,6 +1467,14 @@ fn ship(shared: &Arc<Shared>, drained: Vec<Drained>) {
                 .or_default()
                 .push((part, encoded));
         }
+    }
+    if !spare_builders.is_empty() {
+        let mut acc = shared.lock();
+        let room = MAX_SPARE_BUILDERS
+            .min(spare_limit(&shared.config))
+            .saturating_sub(acc.spare_builders.len());
+        spare_builders.truncate(room);
+        acc.spare_builders.append(&mut spare_builders);
     }
     for (endpoint, parts) in by_endpoint {
         for request in split_requests(parts, shared.config.max_request_bytes) {
@@ -948,6 +1516,7 @@ fn split_requests(
             let rest_encoded = encoded.split_off(take);
             let rest_batches = part.batches.split_off(take);
             let rest = RequestPart {
+                topic_id: part.topic_id,
                 topic: part.topic.clone(),
                 partition: part.partition,
                 endpoint: part.endpoint.clone(),
@@ -1074,6 +1643,12 @@ fn complete_parts(
                 },
             },
         };
+        let target = BatchTarget {
+            topic_id: part.topic_id,
+            topic: &part.topic,
+            partition: part.partition,
+            shipped: true,
+        };
         let mut next_offset = partition_result.as_ref().map_or(-1, |(base, _)| *base);
         for batch in part.batches {
             let batch_result = partition_result.clone().map(|(_, append_ms)| {
@@ -1084,53 +1659,104 @@ fn complete_parts(
                 }
                 (base, append_ms)
             });
-            complete_batch(
-                shared,
-                &part.topic,
-                Some(part.partition),
-                batch,
-                batch_result,
-            );
+            complete_batch(shared, target, batch, batch_result);
         }
     }
 }
 
+/// Which partition a completing batch belongs to.
+#[derive(Clone, Copy)]
+struct BatchTarget<'a> {
+    topic_id: TopicId,
+    topic: &'a Arc<str>,
+    partition: u32,
+    /// Whether it was taken by the sender (counted in flight); batches
+    /// failed before routing were not.
+    shipped: bool,
+}
+
 /// Resolves a batch's record sinks, then returns its buffer budget and wakes
 /// `send`/`flush`/the sender. `result`: (base offset or -1, log append time
-/// or -1). `partition` is `None` for batches that never went out.
+/// or -1).
 fn complete_batch(
     shared: &Shared,
-    topic: &str,
-    partition: Option<u32>,
+    target: BatchTarget<'_>,
     batch: InFlight,
     result: Result<(i64, i64)>,
 ) {
-    let partition_number = partition.unwrap_or(u32::MAX);
+    let topic = target.topic;
+    // Batches that never went out report no partition, as before.
+    let partition_number = if target.shipped {
+        target.partition
+    } else {
+        u32::MAX
+    };
     for record in batch.sinks {
-        let outcome = match &result {
-            Ok((base, append_ms)) => Ok(RecordMetadata {
-                topic: topic.to_string(),
-                partition: partition_number,
-                offset: if *base >= 0 {
-                    base + i64::from(record.index)
-                } else {
-                    -1
-                },
-                timestamp_ms: if *append_ms >= 0 {
-                    *append_ms
-                } else {
-                    record.timestamp_ms
-                },
-            }),
-            Err(e) => Err(e.clone()),
+        let offset_of = |base: i64| {
+            if base >= 0 {
+                base + i64::from(record.index)
+            } else {
+                -1
+            }
         };
-        record.sink.complete(outcome);
+        match record.sink {
+            Sink::Range { callback, first } => {
+                let ack = match &result {
+                    Ok((base, append_ms)) => Ok(RangeAck {
+                        base_offset: offset_of(*base),
+                        log_append_time_ms: *append_ms,
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                callback(SentRange {
+                    topic: topic.clone(),
+                    partition: Some(target.partition),
+                    indices: first..first + record.count as usize,
+                    result: ack,
+                });
+            }
+            sink => {
+                debug_assert_eq!(record.count, 1, "per-record sinks cover one record");
+                let outcome = match &result {
+                    Ok((base, append_ms)) => Ok(RecordMetadata {
+                        topic: topic.to_string(),
+                        partition: partition_number,
+                        offset: offset_of(*base),
+                        timestamp_ms: if *append_ms >= 0 {
+                            *append_ms
+                        } else {
+                            record.timestamp_ms
+                        },
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                match sink {
+                    Sink::Future(tx) => tx.send(outcome),
+                    Sink::Callback(cb) => cb(outcome),
+                    Sink::Range { .. } => unreachable!("matched above"),
+                }
+            }
+        }
     }
     if let Err(e) = &result {
-        tracing::debug!(topic, partition = partition_number, records = batch.record_count, error = %e, "batch failed");
+        tracing::debug!(topic = %topic, partition = partition_number, records = batch.record_count, error = %e, "batch failed");
     }
+    // The batch's memory, if the connection no longer holds it (it may
+    // still, briefly, after a fast answer: then it is simply freed).
+    let buffer = batch
+        .encoded
+        .and_then(|bytes| bytes.try_into_mut().ok())
+        .map(|mut bytes| {
+            bytes.clear(); // nothing to move to the front when converting
+            Vec::from(bytes)
+        });
     {
         let mut acc = shared.lock();
+        if let Some(buffer) = buffer {
+            if acc.spare_buffers.len() < spare_limit(&shared.config) {
+                acc.spare_buffers.push(buffer);
+            }
+        }
         assert!(
             acc.buffered_bytes >= batch.reserved_bytes,
             "buffer accounting underflow"
@@ -1138,20 +1764,19 @@ fn complete_batch(
         acc.buffered_bytes -= batch.reserved_bytes;
         let removed = acc.unfinished.remove(&batch.id);
         assert!(removed, "batch {} completed twice", batch.id);
-        if let Some(p) = partition {
-            if let Some(queue) = acc
+        if target.shipped {
+            let queue = acc
                 .topics
-                .get_mut(topic)
-                .and_then(|t| t.partitions.get_mut(p as usize))
-            {
-                assert!(
-                    queue.in_flight_batches > 0,
-                    "in-flight accounting underflow"
-                );
-                queue.in_flight_batches -= 1;
-                if queue.in_flight_batches == 0 {
-                    queue.in_flight_endpoint = None;
-                }
+                .get_mut(target.topic_id)
+                .and_then(|t| t.partitions.get_mut(target.partition as usize))
+                .expect("topics and partitions are never removed");
+            assert!(
+                queue.in_flight_batches > 0,
+                "in-flight accounting underflow"
+            );
+            queue.in_flight_batches -= 1;
+            if queue.in_flight_batches == 0 {
+                queue.in_flight_endpoint = None;
             }
         }
     }
@@ -1190,7 +1815,11 @@ mod tests {
         let size = record_size_upper_bound_bytes(None, Some(&value), &[]);
         let p = sticky_partition(topic, rng, size, cfg.batch_bytes);
         let queue = &mut topic.partitions[p as usize];
-        let batch = open_batch(queue, next_id, unfinished, cfg, size, 0);
+        let spares = Spares {
+            builders: &mut Vec::new(),
+            buffers: &mut Vec::new(),
+        };
+        let batch = open_batch(queue, next_id, unfinished, spares, cfg, size, 0);
         batch.builder.append(0, None, Some(&value), &[]).unwrap();
         batch.record_count += 1;
         let id = batch.id;
@@ -1261,28 +1890,25 @@ mod tests {
     }
 
     fn accumulator() -> Accumulator {
-        let mut topics = HashMap::new();
-        topics.insert("t".to_string(), topic_state(2));
-        Accumulator {
-            topics,
-            buffered_bytes: 0,
-            next_batch_id: 1,
-            unfinished: BTreeSet::new(),
-            flush_up_to: 0,
-            closed: false,
-            rng: 1,
-        }
+        let mut acc = Accumulator::new(1);
+        let id = acc.register_topic("t", 2);
+        assert_eq!(id, 0);
+        acc
     }
 
     fn push(acc: &mut Accumulator, partition: usize, cfg: &ProducerConfig, created: Instant) {
         let value = [1u8; 200];
         let size = record_size_upper_bound_bytes(None, Some(&value), &[]);
         let acc = &mut *acc;
-        let queue = &mut acc.topics.get_mut("t").unwrap().partitions[partition];
+        let queue = &mut acc.topics[0].partitions[partition];
         let batch = open_batch(
             queue,
             &mut acc.next_batch_id,
             &mut acc.unfinished,
+            Spares {
+                builders: &mut acc.spare_builders,
+                buffers: &mut acc.spare_buffers,
+            },
             cfg,
             size,
             0,
@@ -1302,7 +1928,7 @@ mod tests {
         for _ in 0..10 {
             push(&mut acc, 0, &cfg, now);
         }
-        let queue = &acc.topics["t"].partitions[0];
+        let queue = &acc.topics[0].partitions[0];
         // 61-byte header + ~4 records of ~210 bytes per 1000-byte batch.
         assert!(queue.sealed.len() >= 2, "sealed {}", queue.sealed.len());
         for b in &queue.sealed {
@@ -1373,10 +1999,10 @@ mod tests {
             10
         );
         assert_eq!(
-            acc.topics["t"].partitions[1].in_flight_batches as usize,
+            acc.topics[0].partitions[1].in_flight_batches as usize,
             ids.len()
         );
-        assert!(acc.topics["t"].partitions[1].is_idle());
+        assert!(acc.topics[0].partitions[1].is_idle());
     }
 
     #[test]
@@ -1384,6 +2010,7 @@ mod tests {
         let part = |p: u32, n: usize| {
             (
                 RequestPart {
+                    topic_id: 0,
                     topic: Arc::from("t"),
                     partition: p,
                     endpoint: Arc::from("e"),
@@ -1393,6 +2020,7 @@ mod tests {
                             record_count: 1,
                             reserved_bytes: 0,
                             sinks: Vec::new(),
+                            encoded: None,
                         })
                         .collect(),
                 },

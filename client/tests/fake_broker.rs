@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringmq_client::{
     Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, GroupConfig, GroupConsumer,
-    Producer, ProducerConfig, ProducerRecord, RebalanceListener, StartFrom,
+    Producer, ProducerConfig, ProducerRecord, RebalanceListener, RecordRef, SentRange, StartFrom,
 };
 use ringmq_wire::batch::header::set_base_offset;
 use ringmq_wire::batch::BatchSplitter;
@@ -675,6 +675,217 @@ fn explicit_partition_sync_send_and_seek() {
         info.partitions[1].endpoint,
         format!("127.0.0.1:{}", fake.ports[1])
     );
+}
+
+#[test]
+fn send_many_delivers_every_record_offset_in_order() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("many", 4, &[]).unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            // Small batches: a call spreads over many batches and requests.
+            batch_bytes: 2048,
+            linger_ms: 1,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    let values: Vec<String> = (0..3000).map(|i| format!("value-{i}")).collect();
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{}", i % 7)).collect();
+    let too_big = vec![0u8; 4096];
+    let records: Vec<RecordRef<'_>> = (0..3000)
+        .map(|i| {
+            let record = RecordRef::new(values[i].as_bytes());
+            match i % 4 {
+                0 => record,                                // sticky
+                1 => record.with_key(keys[i].as_bytes()),   // by key
+                2 => record.with_partition((i % 4) as u32), // explicit
+                _ if i == 1003 => RecordRef::new(&too_big), // cannot fit a batch
+                _ if i == 2007 => record.with_partition(9), // no such partition
+                _ => record.with_partition(3),
+            }
+        })
+        .collect();
+    let result = producer.send_many("many", records).wait().unwrap();
+    assert_eq!(result.len(), 3000);
+    let results: Vec<_> = result.results().collect();
+    assert_eq!(results.len(), 3000);
+    let mut expected_by_partition: HashMap<u32, Vec<(i64, String)>> = HashMap::new();
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            1003 => assert!(
+                r.as_ref().unwrap_err().to_string().contains("does not fit"),
+                "{r:?}"
+            ),
+            2007 => assert!(
+                r.as_ref()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("unknown partition 9"),
+                "{r:?}"
+            ),
+            _ => {
+                let position = r.as_ref().unwrap();
+                if i % 4 == 1 {
+                    assert_eq!(
+                        position.partition,
+                        ringmq_wire::murmur2::partition_for_key(keys[i].as_bytes(), 4)
+                    );
+                }
+                if i % 4 == 2 {
+                    assert_eq!(position.partition, 2);
+                }
+                expected_by_partition
+                    .entry(position.partition)
+                    .or_default()
+                    .push((position.offset, values[i].clone()));
+            }
+        }
+    }
+    // Within a partition, offsets follow the order of the call, densely.
+    for (partition, list) in &expected_by_partition {
+        for (n, (offset, _)) in list.iter().enumerate() {
+            assert_eq!(*offset, n as i64, "partition {partition}");
+        }
+    }
+    assert!(result.first_error().is_some());
+    // What the broker stored is what the offsets say.
+    let consumed = consume_all(&client, "many", 2998);
+    assert_eq!(consumed.len(), 2998);
+    for r in consumed {
+        let want = &expected_by_partition[&r.partition][r.offset as usize];
+        assert_eq!(r.value.as_deref(), Some(want.1.as_bytes()));
+    }
+    producer.close();
+}
+
+#[test]
+fn send_many_callback_covers_each_record_once_with_few_callbacks() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("ranges", 2, &[]).unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 64 * 1024,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    let ranges: Arc<Mutex<Vec<SentRange>>> = Arc::default();
+    let value = [b'x'; 100];
+    for _ in 0..5 {
+        let sink = ranges.clone();
+        let records = (0..400).map(|i| {
+            // Alternate partitions in runs of 50: several ranges per call.
+            RecordRef::new(&value).with_partition(((i / 50) % 2) as u32)
+        });
+        producer.send_many_with_callback("ranges", records, move |range| {
+            assert_eq!(&*range.topic, "ranges");
+            sink.lock().unwrap().push(range);
+        });
+    }
+    producer.flush();
+    let ranges = ranges.lock().unwrap();
+    // 5 calls × 8 runs of 50; a run may split where a batch fills.
+    assert!(ranges.len() >= 40 && ranges.len() < 100, "{}", ranges.len());
+    let mut covered = vec![0u32; 400];
+    for range in ranges.iter() {
+        let ack = range.result.as_ref().unwrap();
+        let partition = range.partition.unwrap();
+        for i in range.indices.clone() {
+            covered[i] += 1;
+            assert_eq!(partition, ((i / 50) % 2) as u32);
+            assert_eq!(
+                range.offset_of(i),
+                Some(ack.base_offset + (i - range.indices.start) as i64)
+            );
+        }
+    }
+    assert!(covered.iter().all(|&n| n == 5), "each record once per call");
+    // Offsets per partition: 1000 records each, every offset exactly once.
+    for partition in 0..2u32 {
+        let mut offsets: Vec<i64> = ranges
+            .iter()
+            .filter(|r| r.partition == Some(partition))
+            .flat_map(|r| {
+                let base = r.result.as_ref().unwrap().base_offset;
+                (0..r.indices.len() as i64).map(move |k| base + k)
+            })
+            .collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..1000).collect::<Vec<i64>>());
+    }
+    assert_eq!(producer.buffered_bytes(), 0);
+    producer.close();
+    // A closed producer reports the whole call as failed, on this thread.
+    let failed: Arc<Mutex<Vec<SentRange>>> = Arc::default();
+    let sink = failed.clone();
+    producer.send_many_with_callback(
+        "ranges",
+        (0..3).map(|_| RecordRef::new(b"late")),
+        move |r| sink.lock().unwrap().push(r),
+    );
+    let failed = failed.lock().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].indices, 0..3);
+    assert!(matches!(
+        failed[0].result,
+        Err(ringmq_client::ClientError::Closed(_))
+    ));
+}
+
+#[test]
+fn consumer_checks_crcs_by_default_and_can_opt_out() {
+    let fake = start();
+    let client = client(&fake);
+    client.admin().create_topic("crc", 1, &[]).unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let result = producer
+        .send_many("crc", [RecordRef::new(b"abc"), RecordRef::new(b"def")])
+        .wait()
+        .unwrap();
+    assert!(result.first_error().is_none());
+    producer.close();
+    // Corrupt the stored batch: flip a byte of the last value (the very
+    // last byte is the record's header count), keeping its structure.
+    {
+        let mut store = fake.store.lock().unwrap();
+        let log = store.logs.get_mut(&("crc".to_string(), 0)).unwrap();
+        let mut batch = BytesMut::from(&log.batches[0].1[..]);
+        let at = batch.len() - 2;
+        batch[at] ^= 0x20;
+        log.batches[0].1 = batch.freeze();
+    }
+    let mut checked = Consumer::new(client.clone(), ConsumerConfig::default());
+    checked.assign("crc", None, StartFrom::Earliest).unwrap();
+    let err = checked.poll(Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("CRC32C mismatch"), "{err}");
+    assert_eq!(checked.position("crc", 0), Some(0), "nothing handed out");
+
+    let mut unchecked = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            check_crcs: false,
+            ..ConsumerConfig::default()
+        },
+    );
+    unchecked.assign("crc", None, StartFrom::Earliest).unwrap();
+    let mut batches = Vec::new();
+    for _ in 0..50 {
+        batches.extend(unchecked.poll_batches(Duration::from_millis(100)).unwrap());
+        if !batches.is_empty() {
+            break;
+        }
+    }
+    let values: Vec<&[u8]> = batches
+        .iter()
+        .flat_map(|b| b.iter().map(|r| r.value.unwrap()))
+        .collect();
+    assert_eq!(values, vec![&b"abc"[..], &b"deF"[..]]);
+    assert_eq!(unchecked.position("crc", 0), Some(2));
 }
 
 /// Records rebalance events as `assigned 1 t:0,t:1` strings.

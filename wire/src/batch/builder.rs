@@ -46,6 +46,9 @@ pub struct BatchBuilder {
     records: Vec<u8>,
     /// Capacity of the records section a fresh buffer starts with.
     capacity_bytes: usize,
+    /// A buffer handed back by the caller ([`Self::recycle_buffer`]) for
+    /// the records section after the next uncompressed `build`.
+    spare_records: Option<Vec<u8>>,
     /// Scratch for the compressed records section.
     compressed: Vec<u8>,
     /// The batch being assembled; `build` splits it off.
@@ -77,6 +80,7 @@ impl BatchBuilder {
             base_sequence: NO_SEQUENCE,
             records: fresh_records(capacity_bytes),
             capacity_bytes,
+            spare_records: None,
             compressed: Vec::new(),
             out: BytesMut::new(),
         }
@@ -106,6 +110,18 @@ impl BatchBuilder {
 
     pub fn base_timestamp_ms(&self) -> i64 {
         self.base_timestamp_ms
+    }
+
+    /// Gives the builder a buffer for the records section after the next
+    /// uncompressed [`Self::build`] (which hands the current one over as the
+    /// batch), instead of allocating a fresh one. A producer that gets the
+    /// buffers of its acknowledged batches back keeps reusing warm memory
+    /// rather than faulting in new pages for every batch. A buffer smaller
+    /// than the builder's capacity is dropped.
+    pub fn recycle_buffer(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() >= HEADER_SIZE + self.capacity_bytes {
+            self.spare_records = Some(buffer);
+        }
     }
 
     /// Empties the builder for the next batch, keeping its buffers and codec.
@@ -229,7 +245,15 @@ impl BatchBuilder {
             let header = self.header_bytes(records_len)?;
             self.records[..HEADER_SIZE].copy_from_slice(&header);
             store_crc(&mut self.records);
-            let batch = std::mem::replace(&mut self.records, fresh_records(self.capacity_bytes));
+            let next = match self.spare_records.take() {
+                Some(mut spare) => {
+                    spare.clear();
+                    spare.resize(HEADER_SIZE, 0);
+                    spare
+                }
+                None => fresh_records(self.capacity_bytes),
+            };
+            let batch = std::mem::replace(&mut self.records, next);
             // The records left with the batch; keep the builder consistent.
             self.record_count = 0;
             self.max_timestamp_ms = i64::MIN;
@@ -496,6 +520,39 @@ mod tests {
         assert_eq!(header.producer_id, NO_PRODUCER_ID);
         assert_eq!(header.base_sequence, NO_SEQUENCE);
         assert_eq!(header.base_timestamp, 10);
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_the_next_batch() {
+        let mut builder = BatchBuilder::with_capacity(Compression::None, 0, 4096);
+        builder.append(0, None, Some(b"one"), &[]).unwrap();
+        let first = builder.build().unwrap();
+        // The caller got its first batch's memory back (dirty) and recycles it.
+        let mut buffer = Vec::with_capacity(HEADER_SIZE + 4096);
+        buffer.extend_from_slice(&[0xEE; 100]);
+        let address = buffer.as_ptr();
+        builder.recycle_buffer(buffer);
+        builder.reset(5);
+        builder.append(5, None, Some(b"two"), &[]).unwrap();
+        let second = builder.build().unwrap();
+        builder.reset(9);
+        builder.append(9, None, Some(b"three"), &[]).unwrap();
+        let third = builder.build().unwrap();
+        assert_eq!(
+            third.as_ptr(),
+            address,
+            "the third batch used the recycled buffer"
+        );
+        for (batch, value) in [(&first, &b"one"[..]), (&second, b"two"), (&third, b"three")] {
+            validate_batch(batch).unwrap();
+            let records: Vec<_> = RecordIter::new(batch.clone()).unwrap().collect();
+            assert_eq!(records[0].as_ref().unwrap().value.as_deref(), Some(value));
+        }
+        // Too small for the builder's capacity: ignored, not used.
+        builder.recycle_buffer(Vec::with_capacity(10));
+        builder.reset(0);
+        builder.append(0, None, Some(b"four"), &[]).unwrap();
+        validate_batch(&builder.build().unwrap()).unwrap();
     }
 
     #[test]
