@@ -24,7 +24,6 @@ pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;
-mod fxhash;
 pub mod group;
 pub mod oneshot;
 pub mod producer;

@@ -57,8 +57,8 @@ use ringmq_wire::murmur2;
 use crate::cluster::Cluster;
 use crate::connection::ReplyResult;
 use crate::error::{ClientError, Result};
-use crate::fxhash::FxHashMap;
 use crate::{oneshot, Client, ClientConfig};
+use rustc_hash::FxHashMap;
 
 /// Spare batch builders kept for reuse (their buffers and compression
 /// scratch), at most this many.

@@ -56,10 +56,8 @@ pub struct LogConfig {
     /// How far ahead of the write position the active segment's file is
     /// preallocated (fallocate), at most: the step grows from
     /// [`MIN_PREALLOCATE_BYTES`] by doubling up to this, and never past
-    /// `segment_bytes`. 0 turns preallocation off. Appends into preallocated
-    /// space are overwrites that io_uring completes inline; appends past the
-    /// end of the file go through a kernel worker thread (see
-    /// `StorageFile::allocate`).
+    /// `segment_bytes`. 0 turns preallocation off. It moves block allocation
+    /// and file growth out of the appends (see `StorageFile::allocate`).
     pub preallocate_bytes: u64,
 }
 

@@ -14,8 +14,8 @@
 //!   may return) is the end covered by a completed fdatasync.
 //! * An allocator task (spawned by the writer when due) preallocates the
 //!   active segment's file ahead of the writes (`LogConfig::
-//!   preallocate_bytes`), so that appends are overwrites of allocated space
-//!   that io_uring completes inline instead of on a kernel worker thread.
+//!   preallocate_bytes`), so that block allocation and file growth happen
+//!   in large steps ahead of the appends rather than inside each one.
 //!   Sealing and closing a segment wait for it, then truncate the file to
 //!   its logical size; recovery takes zeros after the last batch as the end
 //!   of the log.
