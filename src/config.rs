@@ -88,10 +88,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_TAIL_CACHE_MB", default_value_t = 64)]
     pub tail_cache_mb: usize,
 
-    /// io_uring registered buffer memory per shard, in MiB. Keep
-    /// shards x this under the memlock limit (ulimit -l), or glommio falls
-    /// back to unregistered buffers.
-    #[arg(long, env = "RINGMQ_IO_MEMORY_MB", default_value_t = 2)]
+    /// DMA buffer arena per shard, in MiB: O_DIRECT write and read buffers
+    /// come from it (reused memory: no page faults, no malloc). glommio
+    /// registers it with io_uring (3 rings per shard) when the memlock limit
+    /// allows (root, or `ulimit -l` >= 3 x shards x this), which also saves
+    /// the kernel pinning pages on every write; otherwise it is used
+    /// unregistered. 64 MiB measured 12-18 % less broker CPU per GB than
+    /// 2 MiB on W1 (BENCHMARKS.md).
+    #[arg(long, env = "RINGMQ_IO_MEMORY_MB", default_value_t = 64)]
     pub io_memory_mb: usize,
 
     /// Busy-poll this long before an idle shard parks: trades CPU for
