@@ -88,6 +88,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_TAIL_CACHE_MB", default_value_t = 64)]
     pub tail_cache_mb: usize,
 
+    /// Per-shard bound on sequential read-ahead for consumers reading from
+    /// disk, in MiB (0 disables read-ahead). See docs/ARCHITECTURE.md.
+    #[arg(long, env = "RINGMQ_READAHEAD_MB", default_value_t = 64)]
+    pub readahead_mb: usize,
+
+    /// Per-partition bound on sequential read-ahead, in MiB (0 disables).
+    #[arg(long, env = "RINGMQ_READAHEAD_PARTITION_MB", default_value_t = 8)]
+    pub readahead_partition_mb: usize,
+
     /// io_uring registered buffer memory per shard, in MiB. Keep
     /// shards x this under the memlock limit (ulimit -l), or glommio falls
     /// back to unregistered buffers.

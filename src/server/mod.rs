@@ -136,6 +136,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 endpoints: endpoints.clone(),
                 default_topic_config: default_topic_config.clone(),
                 tail_cache_bytes: args.tail_cache_mb << 20,
+                readahead: ringmq_shards::log::readahead::ReadAheadSettings {
+                    shard_bytes: args.readahead_mb << 20,
+                    partition_bytes: args.readahead_partition_mb << 20,
+                    ..Default::default()
+                },
                 max_frame_bytes: args.max_frame_bytes,
                 retention_check_ms: args.retention_check_ms,
                 offsets_partitions: args.offsets_partitions,
