@@ -834,6 +834,14 @@ impl PartitionLog {
         self.shared.readahead.borrow().budget().stats()
     }
 
+    /// Waits until no read-ahead read of this partition's shard is in
+    /// flight (for tests that need read-ahead to hold data, or none).
+    #[doc(hidden)]
+    pub async fn readahead_settled(&self) {
+        let budget = self.shared.readahead.borrow().budget().clone();
+        budget.settled().await
+    }
+
     /// The first record whose timestamp is `>= timestamp_ms`, below the high
     /// watermark: `(offset, timestamp)` of that record (Kafka's ListOffsets).
     /// The time index finds the batch; one batch is then iterated.

@@ -124,6 +124,9 @@ struct BudgetInner {
     settings: ReadAheadSettings,
     held_bytes: Cell<usize>,
     stats: Cell<ReadAheadStats>,
+    /// Reads in flight, and a notification when one completes.
+    in_flight: Cell<usize>,
+    read_done: Event,
 }
 
 impl std::fmt::Debug for ReadAheadBudget {
@@ -142,6 +145,8 @@ impl ReadAheadBudget {
                 settings,
                 held_bytes: Cell::new(0),
                 stats: Cell::new(ReadAheadStats::default()),
+                in_flight: Cell::new(0),
+                read_done: Event::new(),
             }),
         }
     }
@@ -160,6 +165,17 @@ impl ReadAheadBudget {
         let mut stats = self.inner.stats.get();
         f(&mut stats);
         self.inner.stats.set(stats);
+    }
+
+    /// Resolves once no read-ahead read of the shard is in flight.
+    pub async fn settled(&self) {
+        loop {
+            let listener = self.inner.read_done.listen();
+            if self.inner.in_flight.get() == 0 {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Takes `bytes` out of the shard's allowance, if they fit.
@@ -263,9 +279,15 @@ pub(crate) struct Issue {
 /// Starts the reads `ReadAhead::finish` asked for, each as its own task.
 pub(crate) fn spawn_reads(issues: Vec<Issue>) {
     for Issue { file, chunk } in issues {
+        let budget = chunk.budget.inner.clone();
+        budget.in_flight.set(budget.in_flight.get() + 1);
         glommio::spawn_local(async move {
             let result = file.read_at_local(chunk.start, chunk.len).await;
             chunk.complete(result);
+            // The chunk is dropped here if its stream is gone.
+            drop(chunk);
+            budget.in_flight.set(budget.in_flight.get() - 1);
+            budget.read_done.notify(usize::MAX);
         })
         .detach();
     }
@@ -580,5 +602,178 @@ impl ReadAheadView {
             bytes: out.freeze(),
             waited,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{IoBuf, IoFuture, StorageFile};
+    use std::path::{Path, PathBuf};
+
+    /// A file whose reads complete only once the test opens the gate.
+    struct GateFile {
+        path: PathBuf,
+        data: Vec<u8>,
+        open: Cell<bool>,
+        opened: Event,
+    }
+
+    impl GateFile {
+        fn open_gate(&self) {
+            self.open.set(true);
+            self.opened.notify(usize::MAX);
+        }
+    }
+
+    impl StorageFile for GateFile {
+        fn path(&self) -> &Path {
+            &self.path
+        }
+        fn alignment(&self) -> usize {
+            1
+        }
+        fn is_direct(&self) -> bool {
+            false
+        }
+        fn alloc_buf(&self, len: usize) -> IoBuf {
+            IoBuf::Heap(vec![0; len])
+        }
+        fn write_at(&self, _buf: IoBuf, _pos: u64) -> IoFuture<'_, usize> {
+            Box::pin(async { Err(io::Error::other("read-only")) })
+        }
+        fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
+            Box::pin(async move {
+                loop {
+                    let listener = self.opened.listen();
+                    if self.open.get() {
+                        break;
+                    }
+                    listener.await;
+                }
+                let end = (pos as usize + len).min(self.data.len());
+                Ok(Bytes::copy_from_slice(&self.data[pos as usize..end]))
+            })
+        }
+        fn fdatasync(&self) -> IoFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn truncate(&self, _len: u64) -> IoFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn size(&self) -> IoFuture<'_, u64> {
+            let len = self.data.len() as u64;
+            Box::pin(async move { Ok(len) })
+        }
+        fn close(&self) -> IoFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn run<G, F>(f: G)
+    where
+        G: FnOnce() -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(f)
+            .expect("executor starts")
+            .join()
+            .expect("test executor panicked");
+    }
+
+    fn settings() -> ReadAheadSettings {
+        ReadAheadSettings {
+            partition_bytes: 32 << 10,
+            shard_bytes: 64 << 10,
+            chunk_bytes: 8 << 10,
+        }
+    }
+
+    /// A stream over one 64 KiB segment at base 0 (offsets are opaque here:
+    /// one per 1000 bytes) whose file holds reads at the gate: after two
+    /// sequential cold reads, reads ahead are in flight. Returns how many
+    /// reads were issued.
+    fn setup(budget: &ReadAheadBudget) -> (ReadAhead, Rc<GateFile>, usize) {
+        let file = Rc::new(GateFile {
+            path: PathBuf::from("gate.log"),
+            data: (0..64 << 10).map(|i| (i % 251) as u8).collect(),
+            open: Cell::new(false),
+            opened: Event::new(),
+        });
+        let mut seg = Segment::new(Path::new("."), 0);
+        seg.file = Some(file.clone());
+        seg.written_size = file.data.len() as u64;
+        seg.size = seg.written_size;
+        let segments = BTreeMap::from([(0, seg)]);
+        let mut ra = ReadAhead::new(budget.clone());
+        assert!(ra.finish(0, false, 0, 1, 1000, &segments, false).is_empty());
+        assert_eq!(ra.begin(1, 0).position, Some(1000), "sequential");
+        let issues = ra.finish(1, true, 0, 2, 2000, &segments, false);
+        let count = issues.len();
+        spawn_reads(issues);
+        (ra, file, count)
+    }
+
+    #[test]
+    fn a_read_waiting_for_read_ahead_gets_the_bytes() {
+        run(|| async {
+            let budget = ReadAheadBudget::new(settings());
+            let (ra, file, issued) = setup(&budget);
+            assert_eq!(issued, 4, "32 KiB in 8 KiB reads");
+            let view = ra.begin(2, 0).view.expect("reads in flight");
+            let reader =
+                glommio::spawn_local(async move { view.copy_out(2000, 100, 12_000).await });
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            file.open_gate();
+            let copied = reader.await.expect("served from read-ahead");
+            assert!(copied.waited);
+            assert_eq!(&copied.bytes[..], &file.data[2000..14_000]);
+            // 2000..8192 (to a block boundary), then three 8 KiB reads.
+            assert_eq!(budget.stats().held_bytes, (32 << 10) - 2000);
+        });
+    }
+
+    #[test]
+    fn a_read_waiting_for_read_ahead_invalidated_meanwhile_gets_nothing() {
+        run(|| async {
+            let budget = ReadAheadBudget::new(settings());
+            let (mut ra, file, _) = setup(&budget);
+            let view = ra.begin(2, 0).view.expect("reads in flight");
+            let reader =
+                glommio::spawn_local(async move { view.copy_out(2000, 100, 12_000).await });
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            // The log changes while the reader waits for the disk.
+            ra.invalidate();
+            file.open_gate();
+            assert!(
+                reader.await.is_none(),
+                "bytes read before the change are never served after it"
+            );
+            assert_eq!(ra.begin(2, 0).position, None, "the stream is gone");
+            budget.settled().await;
+            let stats = budget.stats();
+            assert_eq!(stats.held_bytes, 0);
+            assert_eq!(stats.discarded_bytes, (32 << 10) - 2000);
+            assert_eq!(stats.invalidations, 1);
+        });
+    }
+
+    #[test]
+    fn the_shard_bound_limits_what_is_issued() {
+        run(|| async {
+            let budget = ReadAheadBudget::new(ReadAheadSettings {
+                shard_bytes: 20 << 10,
+                ..settings()
+            });
+            let (_ra, file, issued) = setup(&budget);
+            // 2000..8192, then one 8 KiB read: a second would pass 20 KiB.
+            assert_eq!(issued, 2);
+            assert!(budget.stats().held_bytes <= 20 << 10);
+            file.open_gate();
+            budget.settled().await;
+            assert!(budget.stats().held_bytes <= 20 << 10);
+        });
     }
 }
