@@ -97,6 +97,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_READAHEAD_PARTITION_MB", default_value_t = 8)]
     pub readahead_partition_mb: usize,
 
+    /// Size of one read-ahead read, in KiB.
+    #[arg(long, env = "RINGMQ_READAHEAD_READ_KIB", default_value_t = 1024)]
+    pub readahead_read_kib: usize,
+
     /// io_uring registered buffer memory per shard, in MiB. Keep
     /// shards x this under the memlock limit (ulimit -l), or glommio falls
     /// back to unregistered buffers.

@@ -139,7 +139,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 readahead: ringmq_shards::log::readahead::ReadAheadSettings {
                     shard_bytes: args.readahead_mb << 20,
                     partition_bytes: args.readahead_partition_mb << 20,
-                    ..Default::default()
+                    chunk_bytes: args.readahead_read_kib << 10,
                 },
                 max_frame_bytes: args.max_frame_bytes,
                 retention_check_ms: args.retention_check_ms,
