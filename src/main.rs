@@ -6,7 +6,31 @@ mod server;
 use clap::Parser;
 use config::{Cli, Command};
 
+/// Keeps large buffers (O_DIRECT read and write buffers of up to 16 MiB,
+/// fetch responses) in malloc's arenas instead of a fresh `mmap` each:
+/// glibc serves aligned allocations above its (dynamic) mmap threshold from
+/// new anonymous memory every time, and every cold read then paid page
+/// faults, zeroing, memcg charging and O_DIRECT pinning of fresh pages
+/// (a third of the broker's CPU while consuming from disk). Freed memory
+/// stays with the process up to the trim threshold, so the broker's RSS
+/// stays near its peak use (tail cache + read-ahead + requests in flight).
+/// Set before any thread starts; glibc only (other libcs keep defaults).
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// The largest glibc accepts (half of a thread arena's heap).
+        const MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
+        const TRIM_THRESHOLD_BYTES: libc::c_int = 256 << 20;
+        // SAFETY: mallopt only sets allocator parameters; no thread runs yet.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+        }
+    }
+}
+
 fn main() {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
