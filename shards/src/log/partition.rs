@@ -813,6 +813,8 @@ impl PartitionLog {
                 }
             });
             match served_end {
+                // A closing log reads nothing more ahead.
+                Some(_) if st.closed => Vec::new(),
                 Some((end_position, end_offset)) => readahead.finish(
                     offset,
                     sequential,

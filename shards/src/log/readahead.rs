@@ -308,6 +308,12 @@ struct Stream {
     issue_position: u64,
 }
 
+/// A sealed segment whose bytes are all written: the log continues in the
+/// next segment at position 0.
+fn complete(seg: &Segment) -> bool {
+    seg.sealed && seg.written_size == seg.size
+}
+
 /// Where a cold read should start and what it may take from read-ahead.
 #[derive(Default)]
 pub(crate) struct ReadStart {
@@ -381,7 +387,7 @@ impl ReadAhead {
         // At the end of a sealed segment the next batch is the first of the
         // next segment.
         let (next_segment, next_position) = match segments.get(&segment) {
-            Some(seg) if seg.sealed && end_position >= seg.written_size => {
+            Some(seg) if complete(seg) && end_position >= seg.written_size => {
                 match segments.range(segment + 1..).next() {
                     Some((&base, _)) if base == end_offset => (base, 0),
                     _ => (segment, end_position),
@@ -456,8 +462,9 @@ impl ReadAhead {
                 break;
             };
             if stream.issue_position >= seg.written_size {
-                // Only a sealed segment continues in the next one.
-                if !seg.sealed {
+                // Only a sealed, fully written segment continues in the
+                // next one.
+                if !complete(seg) {
                     break;
                 }
                 match segments.range(stream.issue_segment + 1..).next() {
