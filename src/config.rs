@@ -88,6 +88,19 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_TAIL_CACHE_MB", default_value_t = 64)]
     pub tail_cache_mb: usize,
 
+    /// Per-shard bound on sequential read-ahead for consumers reading from
+    /// disk, in MiB (0 disables read-ahead). See docs/ARCHITECTURE.md.
+    #[arg(long, env = "RINGMQ_READAHEAD_MB", default_value_t = 64)]
+    pub readahead_mb: usize,
+
+    /// Per-partition bound on sequential read-ahead, in MiB (0 disables).
+    #[arg(long, env = "RINGMQ_READAHEAD_PARTITION_MB", default_value_t = 8)]
+    pub readahead_partition_mb: usize,
+
+    /// Size of one read-ahead read, in KiB.
+    #[arg(long, env = "RINGMQ_READAHEAD_READ_KIB", default_value_t = 1024)]
+    pub readahead_read_kib: usize,
+
     /// DMA buffer arena per shard, in MiB: O_DIRECT write and read buffers
     /// come from it (reused memory: no page faults, no malloc). glommio
     /// registers it with io_uring (3 rings per shard) when the memlock limit

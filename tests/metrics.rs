@@ -74,6 +74,22 @@ fn health_and_metrics_expose_the_broker() {
         hits + misses > 0.0,
         "fetches went through the cache accounting"
     );
+    // Read-ahead series parse (values are checked in tests/cold_fetch.rs).
+    for name in [
+        "ringmq_readahead_hits_total",
+        "ringmq_readahead_hit_waits_total",
+        "ringmq_readahead_misses_total",
+        "ringmq_readahead_read_bytes_total",
+        "ringmq_readahead_discarded_bytes_total",
+        "ringmq_readahead_invalidations_total",
+        "ringmq_readahead_held_bytes",
+    ] {
+        assert_eq!(
+            scrape.samples.iter().filter(|s| s.metric == name).count(),
+            2,
+            "{name}: one sample per shard"
+        );
+    }
 
     // Histograms: per-API request latency with a shard label, fdatasync
     // latency and group-commit size, with cumulative buckets.

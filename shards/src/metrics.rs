@@ -142,6 +142,8 @@ pub struct HistogramSnapshot {
     pub group_commit_records: SeriesSnapshot,
     pub tail_cache_hits: u64,
     pub tail_cache_misses: u64,
+    /// Sequential read-ahead of cold fetches.
+    pub readahead: crate::log::readahead::ReadAheadStats,
 }
 
 /// This shard's histograms (call on the shard's own thread).
@@ -158,6 +160,7 @@ pub fn histogram_snapshot() -> HistogramSnapshot {
             group_commit_records: h.group_commit_records.snapshot(&GROUP_COMMIT_BUCKETS),
             tail_cache_hits: 0,
             tail_cache_misses: 0,
+            readahead: Default::default(),
         }
     })
 }

@@ -352,11 +352,53 @@ fn render_histograms(out: &mut String, shards: &[(usize, HistogramSnapshot)]) {
             "Fetch reads that went to disk.",
             |s: &HistogramSnapshot| s.tail_cache_misses,
         ),
+        (
+            "ringmq_readahead_hits_total",
+            "Cold fetch reads that took bytes from sequential read-ahead.",
+            |s: &HistogramSnapshot| s.readahead.hits,
+        ),
+        (
+            "ringmq_readahead_hit_waits_total",
+            "Read-ahead hits that waited for a read still in flight.",
+            |s: &HistogramSnapshot| s.readahead.hit_waits,
+        ),
+        (
+            "ringmq_readahead_misses_total",
+            "Cold fetch reads that found nothing read ahead and read the file.",
+            |s: &HistogramSnapshot| s.readahead.misses,
+        ),
+        (
+            "ringmq_readahead_read_bytes_total",
+            "Bytes read ahead of sequential consumers.",
+            |s: &HistogramSnapshot| s.readahead.read_bytes,
+        ),
+        (
+            "ringmq_readahead_discarded_bytes_total",
+            "Bytes read ahead but dropped unserved (random access, invalidation, reader caught up).",
+            |s: &HistogramSnapshot| s.readahead.discarded_bytes,
+        ),
+        (
+            "ringmq_readahead_invalidations_total",
+            "Read-ahead streams dropped because the log changed under them.",
+            |s: &HistogramSnapshot| s.readahead.invalidations,
+        ),
     ] {
         counter_header(out, name, help);
         for (shard, snapshot) in shards {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", read(snapshot));
         }
+    }
+    let name = "ringmq_readahead_held_bytes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Bytes read ahead and held now (in flight or ready).\n# TYPE {name} gauge"
+    );
+    for (shard, snapshot) in shards {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{shard}\"}} {}",
+            snapshot.readahead.held_bytes
+        );
     }
 }
 

@@ -49,7 +49,6 @@ struct ShardBoot {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    sockio::keep_large_buffers_in_heap();
     let cpus = match &args.cpus {
         Some(list) => parse_cpu_list(list)?,
         None => allowed_cpus(),
@@ -137,6 +136,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 endpoints: endpoints.clone(),
                 default_topic_config: default_topic_config.clone(),
                 tail_cache_bytes: args.tail_cache_mb << 20,
+                readahead: ringmq_shards::log::readahead::ReadAheadSettings {
+                    shard_bytes: args.readahead_mb << 20,
+                    partition_bytes: args.readahead_partition_mb << 20,
+                    chunk_bytes: args.readahead_read_kib << 10,
+                },
                 max_frame_bytes: args.max_frame_bytes,
                 retention_check_ms: args.retention_check_ms,
                 offsets_partitions: args.offsets_partitions,

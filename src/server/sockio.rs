@@ -16,44 +16,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-/// glibc's largest accepted `M_MMAP_THRESHOLD` on 64-bit (half its 64 MiB
-/// per-thread heap size).
-const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
-/// Free memory at the top of a heap kept for reuse before glibc gives it
-/// back to the kernel.
-const TRIM_THRESHOLD_BYTES: i32 = 256 << 20;
-
-/// Makes glibc serve large buffers from its heaps and keep freed ones for
-/// reuse (call once at start-up, before the shards run).
-///
-/// Why: the receive buffer of each large frame (a produce request of about
-/// 1 MiB) stays referenced by the tail cache after the request, so every
-/// such frame gets a fresh allocation, and so does every large O_DIRECT
-/// write buffer. By default glibc maps allocations this large with `mmap`
-/// (its dynamic threshold only grows after such a chunk is freed) and trims
-/// freed memory at the top of a heap, so the new buffer is fresh memory and
-/// its first touch by `recv` or the copy page-faults (measured in W1: about
-/// 12% of the broker's CPU samples in page faults, two thirds of them under
-/// `recv`). With a fixed 32 MiB threshold and a high trim threshold these
-/// buffers come from the heap, and memory freed by the tail cache's evictions
-/// is reused without faulting. The cost: freed memory stays with the
-/// process, bounded by the peak of live buffers (tail cache plus write
-/// queues). No-op on other C libraries.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn keep_large_buffers_in_heap() {
-    // SAFETY: mallopt only sets malloc tunables; both parameters are valid.
-    let ok = unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    };
-    if !ok {
-        tracing::debug!("mallopt refused the large-buffer settings; keeping glibc's defaults");
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn keep_large_buffers_in_heap() {}
-
 /// Upper bound of iovecs per `sendmsg` (Linux IOV_MAX is 1024); 256
 /// iovecs are 4 KiB of stack.
 const MAX_IOVECS: usize = 256;

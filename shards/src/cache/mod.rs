@@ -5,7 +5,12 @@
 //! Bounded by bytes across all partitions of a shard, FIFO eviction in
 //! append order. Shard-local (`Rc<RefCell<..>>`): glommio executors are
 //! single-threaded, and no borrow is ever held across an `.await`.
+//!
+//! The cache also carries the shard's read-ahead budget
+//! ([`ReadAheadBudget`]): the other half of the memory a shard spends on
+//! serving fetches, shared by the same partitions.
 
+use crate::log::readahead::{ReadAheadBudget, ReadAheadSettings};
 use bytes::Bytes;
 use std::{
     cell::RefCell,
@@ -57,6 +62,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct TailCache {
     inner: Rc<RefCell<Inner>>,
+    readahead: ReadAheadBudget,
 }
 
 impl Default for TailCache {
@@ -66,14 +72,26 @@ impl Default for TailCache {
 }
 
 impl TailCache {
-    /// A cache holding at most `capacity_bytes` of batches (0 disables it).
+    /// A cache holding at most `capacity_bytes` of batches (0 disables it),
+    /// with the default read-ahead budget.
     pub fn new(capacity_bytes: usize) -> TailCache {
+        TailCache::with_readahead(capacity_bytes, ReadAheadSettings::default())
+    }
+
+    /// A cache of `capacity_bytes`, and read-ahead bounded by `readahead`.
+    pub fn with_readahead(capacity_bytes: usize, readahead: ReadAheadSettings) -> TailCache {
         TailCache {
             inner: Rc::new(RefCell::new(Inner {
                 capacity_bytes,
                 ..Inner::default()
             })),
+            readahead: ReadAheadBudget::new(readahead),
         }
+    }
+
+    /// The shard's read-ahead budget and counters.
+    pub fn readahead(&self) -> &ReadAheadBudget {
+        &self.readahead
     }
 
     /// A key for a new partition.
@@ -169,6 +187,15 @@ impl TailCache {
             inner.misses += 1;
         }
         found
+    }
+
+    /// Whether a read of `offset` would be served here (counts nothing).
+    pub fn contains(&self, key: CacheKey, offset: i64) -> bool {
+        let inner = self.inner.borrow();
+        inner.partitions.get(&key).is_some_and(|entries| {
+            let i = entries.partition_point(|e| e.last_offset < offset);
+            entries.get(i).is_some_and(|e| e.base_offset <= offset)
+        })
     }
 
     /// Removes a partition's batches at or after `offset` (a rolled-back append).

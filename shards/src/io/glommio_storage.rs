@@ -3,7 +3,9 @@
 //! directory operations on glommio's blocking thread pool. Large write
 //! buffers are reused through a small per-storage (per-shard) pool.
 
-use super::{DirEntry, FileRef, IoBuf, IoFuture, OpenMode, Storage, StorageFile, BLOCK_SIZE};
+use super::{
+    DirEntry, FileRef, IoBuf, IoFuture, LocalBuf, OpenMode, Storage, StorageFile, BLOCK_SIZE,
+};
 use bytes::Bytes;
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use std::{
@@ -473,6 +475,19 @@ impl StorageFile for GlommioFile {
                 Inner::Buffered(f) => f.read_at(pos, len).await.map_err(to_io)?,
             };
             Ok(Bytes::copy_from_slice(&rr))
+        })
+    }
+
+    fn read_at_local(&self, pos: u64, len: usize) -> IoFuture<'_, LocalBuf> {
+        Box::pin(async move {
+            if len == 0 {
+                return Ok(LocalBuf::Shared(Bytes::new()));
+            }
+            let rr = match self.get()? {
+                Inner::Dma(f) => f.read_at(pos, len).await.map_err(to_io)?,
+                Inner::Buffered(f) => f.read_at(pos, len).await.map_err(to_io)?,
+            };
+            Ok(LocalBuf::Glommio(rr))
         })
     }
 

@@ -90,6 +90,30 @@ impl std::fmt::Debug for IoBuf {
     }
 }
 
+/// The bytes of one [`StorageFile::read_at_local`]. Not `Send`: a glommio
+/// read result belongs to the shard (executor) that issued the read.
+pub enum LocalBuf {
+    Shared(Bytes),
+    Glommio(glommio::io::ReadResult),
+}
+
+impl std::ops::Deref for LocalBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            LocalBuf::Shared(b) => b,
+            LocalBuf::Glommio(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Debug for LocalBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalBuf({} bytes)", self.len())
+    }
+}
+
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -127,6 +151,13 @@ pub trait StorageFile {
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, usize>;
     /// Reads up to `len` bytes at `pos` (short at end of file).
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes>;
+    /// Like [`StorageFile::read_at`], but the bytes stay in the buffer the
+    /// read landed in (glommio's DMA buffer for O_DIRECT files) instead of
+    /// being copied into `Bytes`. For data held briefly on the shard and
+    /// copied once when served (read-ahead). The default copies.
+    fn read_at_local(&self, pos: u64, len: usize) -> IoFuture<'_, LocalBuf> {
+        Box::pin(async move { self.read_at(pos, len).await.map(LocalBuf::Shared) })
+    }
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     fn truncate(&self, len: u64) -> IoFuture<'_, ()>;
     /// Preallocates disk blocks up to `pos + len` (`fallocate` mode 0): the

@@ -7,12 +7,14 @@
 //! * [`index`], [`timeindex`]: the sparse indexes and their on-disk format.
 //! * [`checkpoint`]: the per-partition "durable end" checkpoint.
 //! * [`producer_state`]: idempotent-producer sequence checks (Kafka's).
+//! * [`readahead`]: sequential read-ahead for cold fetches.
 //! * [`verify`]: `ringctl log verify` (std::fs, not for shards).
 
 pub mod checkpoint;
 pub mod index;
 pub mod partition;
 pub mod producer_state;
+pub mod readahead;
 pub mod segment;
 pub mod timeindex;
 pub mod verify;

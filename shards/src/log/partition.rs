@@ -36,6 +36,7 @@ use super::{
         AppendVerdict, BatchMetadata, IncomingBatch, ProducerStateTable,
         MAX_PRODUCERS_PER_PARTITION,
     },
+    readahead::{spawn_reads, ReadAhead},
     segment::{
         log_file_name, parse_file_name, scan_segment, BatchCursor, CursorItem, Segment,
         INDEX_SUFFIX, LOG_SUFFIX, SCAN_CHUNK, TIMEINDEX_SUFFIX,
@@ -153,6 +154,9 @@ pub struct LogStats {
     pub preallocations: u64,
     pub cold_reads: u64,
     pub cache_reads: u64,
+    /// Cold reads that took bytes from read-ahead, and those that did not.
+    pub readahead_hits: u64,
+    pub readahead_misses: u64,
     /// Appends answered as retries of idempotent batches already in the log.
     pub duplicate_appends: u64,
 }
@@ -269,6 +273,8 @@ struct Shared {
     idle_event: Event,
     recovery: RecoveryReport,
     checkpoint_busy: Cell<bool>,
+    /// Sequential read-ahead of cold reads (see `readahead`).
+    readahead: RefCell<ReadAhead>,
 }
 
 /// A partition's log. Cloning is cheap and shares the log.
@@ -389,8 +395,10 @@ impl PartitionLog {
         let dir = dir.into();
         let (state, recovery) = recover(&storage, &dir, &config).await?;
         let cache_key = cache.register();
+        let readahead = RefCell::new(ReadAhead::new(cache.readahead().clone()));
         Ok(PartitionLog {
             shared: Rc::new(Shared {
+                readahead,
                 dir,
                 storage,
                 config,
@@ -706,10 +714,12 @@ impl PartitionLog {
         }
         if let Some(chunks) = sh.cache.read(sh.cache_key, offset, max_bytes, hw) {
             sh.state.borrow_mut().stats.cache_reads += 1;
+            // The reader is at the tail: read-ahead behind it is of no use.
+            sh.readahead.borrow_mut().release();
             data.chunks = chunks;
             return Ok(data);
         }
-        let (file, position, limit, mut expected) = {
+        let (file, segment, position, limit, mut expected, start) = {
             let mut st = sh.state.borrow_mut();
             st.stats.cold_reads += 1;
             let Some((_, seg)) = st.segments.range(..=offset).next_back() else {
@@ -718,15 +728,31 @@ impl PartitionLog {
             let Some(file) = seg.file.clone() else {
                 return Err(out_of_range());
             };
-            let (position, base) = seg.lookup_start(offset);
-            (file, position, seg.written_size, base)
+            let start = sh.readahead.borrow().begin(offset, seg.base_offset);
+            let (position, base) = match start.position {
+                // The previous cold read ended exactly here.
+                Some(position) => (position, offset),
+                None => seg.lookup_start(offset),
+            };
+            (
+                file,
+                seg.base_offset,
+                position,
+                seg.written_size,
+                base,
+                start,
+            )
         };
+        let sequential = start.position.is_some();
         let chunk = max_bytes
             .saturating_add(sh.config.index_interval_bytes as usize)
             .saturating_add(HEADER_SIZE)
             .clamp(BLOCK_SIZE, 16 << 20);
-        let mut cursor = BatchCursor::new(&*file, position, limit, chunk);
+        let mut cursor =
+            BatchCursor::new(&*file, position, limit, chunk).with_readahead(start.view);
         let mut total = 0usize;
+        // Position and offset after the last batch served.
+        let mut served_end: Option<(u64, i64)> = None;
         loop {
             let item = cursor
                 .next()
@@ -783,6 +809,7 @@ impl PartitionLog {
                         break;
                     }
                     total += bytes.len();
+                    served_end = Some((position + bytes.len() as u64, h.next_offset()));
                     data.chunks.push(bytes);
                     if total >= max_bytes {
                         break;
@@ -790,7 +817,54 @@ impl PartitionLog {
                 }
             }
         }
+        let hit = cursor.readahead_bytes > 0;
+        let issues = {
+            let mut st = sh.state.borrow_mut();
+            let mut readahead = sh.readahead.borrow_mut();
+            if hit {
+                st.stats.readahead_hits += 1;
+            } else {
+                st.stats.readahead_misses += 1;
+            }
+            let waited = cursor.readahead_waited;
+            readahead.budget().count(|s| {
+                if hit {
+                    s.hits += 1;
+                    s.hit_waits += waited as u64;
+                } else {
+                    s.misses += 1;
+                }
+            });
+            match served_end {
+                // A closing log reads nothing more ahead.
+                Some(_) if st.closed => Vec::new(),
+                Some((end_position, end_offset)) => readahead.finish(
+                    offset,
+                    sequential,
+                    segment,
+                    end_offset,
+                    end_position,
+                    &st.segments,
+                    sh.cache.contains(sh.cache_key, end_offset),
+                ),
+                None => Vec::new(),
+            }
+        };
+        spawn_reads(issues);
         Ok(data)
+    }
+
+    /// Read-ahead counters of this partition's shard.
+    pub fn readahead_stats(&self) -> super::readahead::ReadAheadStats {
+        self.shared.readahead.borrow().budget().stats()
+    }
+
+    /// Waits until no read-ahead read of this partition's shard is in
+    /// flight (for tests that need read-ahead to hold data, or none).
+    #[doc(hidden)]
+    pub async fn readahead_settled(&self) {
+        let budget = self.shared.readahead.borrow().budget().clone();
+        budget.settled().await
     }
 
     /// The first record whose timestamp is `>= timestamp_ms`, below the high
@@ -895,6 +969,7 @@ impl PartitionLog {
                 st.log_start = *st.segments.keys().next().expect("active remains");
                 st.stats.segments_deleted += victims.len() as u64;
                 sh.cache.truncate_before(sh.cache_key, st.log_start);
+                sh.readahead.borrow_mut().invalidate();
             }
             victims
         };
@@ -928,6 +1003,7 @@ impl PartitionLog {
                 st.log_start = *st.segments.keys().next().expect("active remains");
                 st.stats.segments_deleted += victims.len() as u64;
                 sh.cache.truncate_before(sh.cache_key, st.log_start);
+                sh.readahead.borrow_mut().invalidate();
             }
             victims
         };
@@ -981,6 +1057,7 @@ impl PartitionLog {
             }
             st.closed = true;
         }
+        sh.readahead.borrow_mut().invalidate();
         sh.wait_idle().await;
         let fenced = sh.state.borrow().fenced.clone();
         let mut result = match fenced {
@@ -1187,6 +1264,7 @@ impl Shared {
         let written = st.written;
         self.cache.truncate_from(self.cache_key, written);
         drop(st);
+        self.readahead.borrow_mut().invalidate();
         for cell in failed {
             cell.complete(Err(err.clone()));
         }
@@ -1221,6 +1299,7 @@ impl Shared {
         last.rollback_to_written(written);
         self.cache.truncate_from(self.cache_key, written);
         drop(st);
+        self.readahead.borrow_mut().invalidate();
         for cell in failed {
             cell.complete(Err(err.clone()));
         }

@@ -4,6 +4,7 @@
 
 use super::{
     index::{IndexTrailer, OffsetIndex},
+    readahead::ReadAheadView,
     timeindex::TimeIndex,
     MAX_BATCH_BYTES,
 };
@@ -221,7 +222,8 @@ pub(crate) enum CursorItem {
 }
 
 /// Walks the batches of a segment file from a position, reading in chunks
-/// and handing out zero-copy slices of the chunks.
+/// and handing out zero-copy slices of the chunks. With a read-ahead view,
+/// bytes the read-ahead holds are taken from it instead of the file.
 pub(crate) struct BatchCursor<'a> {
     file: &'a dyn StorageFile,
     limit: u64,
@@ -229,6 +231,11 @@ pub(crate) struct BatchCursor<'a> {
     buf: Bytes,
     buf_pos: u64,
     chunk: usize,
+    ahead: Option<ReadAheadView>,
+    /// Bytes taken from read-ahead, and whether that meant waiting for a
+    /// read in flight (for the read-ahead counters).
+    pub readahead_bytes: u64,
+    pub readahead_waited: bool,
 }
 
 impl<'a> BatchCursor<'a> {
@@ -240,7 +247,16 @@ impl<'a> BatchCursor<'a> {
             buf: Bytes::new(),
             buf_pos: start,
             chunk: chunk.max(HEADER_SIZE),
+            ahead: None,
+            readahead_bytes: 0,
+            readahead_waited: false,
         }
+    }
+
+    /// Takes bytes from `view` where it holds them.
+    pub fn with_readahead(mut self, view: Option<ReadAheadView>) -> BatchCursor<'a> {
+        self.ahead = view;
+        self
     }
 
     async fn ensure(&mut self, pos: u64, len: usize) -> io::Result<bool> {
@@ -249,6 +265,16 @@ impl<'a> BatchCursor<'a> {
             return Ok(true);
         }
         let want = (self.limit - pos).min(len.max(self.chunk) as u64) as usize;
+        if let Some(view) = &self.ahead {
+            if let Some(copied) = view.copy_out(pos, len, want).await {
+                debug_assert!(copied.bytes.len() >= len && copied.bytes.len() <= want);
+                self.readahead_bytes += copied.bytes.len() as u64;
+                self.readahead_waited |= copied.waited;
+                self.buf = copied.bytes;
+                self.buf_pos = pos;
+                return Ok(true);
+            }
+        }
         self.buf = self.file.read_at(pos, want).await?;
         self.buf_pos = pos;
         Ok(self.buf.len() >= len)

@@ -46,6 +46,8 @@ pub struct ShardConfig {
     pub endpoints: Vec<ShardEndpoint>,
     pub default_topic_config: TopicConfig,
     pub tail_cache_bytes: usize,
+    /// Sequential read-ahead bounds of cold fetches (shard and partition).
+    pub readahead: crate::log::readahead::ReadAheadSettings,
     pub max_frame_bytes: usize,
     pub retention_check_ms: u64,
     /// Partitions of `__consumer_offsets` when the broker creates it.
@@ -190,7 +192,7 @@ impl Shard {
                 offsets_topic_config(&config),
             );
         let shard = Rc::new(Shard {
-            cache: TailCache::new(config.tail_cache_bytes),
+            cache: TailCache::with_readahead(config.tail_cache_bytes, config.readahead),
             config,
             storage,
             mesh,
@@ -552,6 +554,7 @@ impl Shard {
         let cache = self.cache.stats();
         snapshot.tail_cache_hits = cache.hits;
         snapshot.tail_cache_misses = cache.misses;
+        snapshot.readahead = self.cache.readahead().stats();
         snapshot
     }
 
