@@ -668,6 +668,9 @@ mod tests {
         fn truncate(&self, _len: u64) -> IoFuture<'_, ()> {
             Box::pin(async { Ok(()) })
         }
+        fn allocate(&self, _pos: u64, _len: u64) -> IoFuture<'_, bool> {
+            Box::pin(async { Ok(false) })
+        }
         fn size(&self) -> IoFuture<'_, u64> {
             let len = self.data.len() as u64;
             Box::pin(async move { Ok(len) })
