@@ -12,15 +12,18 @@
 //! lengths confined to the record, offset deltas `0..record_count`, nothing
 //! after the last record); a test compares both on the same batches.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ringmq_wire::batch::compression::decompress;
-use ringmq_wire::batch::header::{ATTR_TIMESTAMP_TYPE_LOG_APPEND, MAGIC_V2, MIN_BATCH_LENGTH};
+use ringmq_wire::batch::header::ATTR_TIMESTAMP_TYPE_LOG_APPEND;
 use ringmq_wire::batch::records::{
-    get_varint, get_varlong, VarintError, DEFAULT_DECOMPRESSED_LIMIT_BYTES,
+    header_entries, parse_record, RecordSpans, DEFAULT_DECOMPRESSED_LIMIT_BYTES,
 };
-use ringmq_wire::batch::{validate_batch, BatchError, BatchHeader, Compression, RecordHeader};
+use ringmq_wire::batch::{
+    validate_batch_checking_crc, BatchError, BatchHeader, Compression, RecordHeader,
+};
 
 use crate::consumer::ConsumerRecord;
 
@@ -39,6 +42,32 @@ struct RecordSpan {
     headers_start: u32,
     headers_end: u32,
     header_count: u32,
+}
+
+impl RecordSpan {
+    fn new(offset: i64, timestamp_ms: i64, record: &RecordSpans) -> RecordSpan {
+        let pos = |p: usize| u32::try_from(p).expect("records section under 4 GiB");
+        let field = |range: &Option<Range<usize>>| match range {
+            Some(r) => (
+                pos(r.start),
+                i32::try_from(r.len()).expect("field under 2 GiB"),
+            ),
+            None => (0, -1),
+        };
+        let (key_start, key_len) = field(&record.key);
+        let (value_start, value_len) = field(&record.value);
+        RecordSpan {
+            offset,
+            timestamp_ms,
+            key_start,
+            key_len,
+            value_start,
+            value_len,
+            headers_start: pos(record.headers.start),
+            headers_end: pos(record.headers.end),
+            header_count: record.header_count,
+        }
+    }
 }
 
 /// The records of one fetched batch at or after the consumer's position,
@@ -67,50 +96,11 @@ pub struct RecordView<'a> {
 impl<'a> RecordView<'a> {
     /// The record's headers: (key, value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        HeaderIter {
-            bytes: self.headers,
-            left: self.header_count,
-        }
+        header_entries(self.headers, self.header_count)
     }
 
     pub fn header_count(&self) -> usize {
         self.header_count as usize
-    }
-}
-
-/// Walks header entries that were validated when the batch was decoded.
-struct HeaderIter<'a> {
-    bytes: &'a [u8],
-    left: u32,
-}
-
-impl<'a> Iterator for HeaderIter<'a> {
-    type Item = (&'a [u8], Option<&'a [u8]>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let mut reader = Reader {
-            bytes: self.bytes,
-            position: 0,
-        };
-        let entry = (|| {
-            let key_len = reader.varint().ok()?;
-            let key = reader.take(key_len).ok()??;
-            let value_len = reader.varint().ok()?;
-            let value = reader.take(value_len).ok()?;
-            Some((key, value))
-        })();
-        // Validated at decode time: a failure here would be a bug, and
-        // ending the iteration is the safe answer.
-        debug_assert!(entry.is_some(), "headers were validated");
-        if entry.is_none() {
-            self.left = 0;
-        }
-        self.bytes = &self.bytes[reader.position..];
-        entry
     }
 }
 
@@ -188,10 +178,7 @@ impl ConsumerBatch {
                 let base = s.headers_start as usize;
                 let region = &self.records[base..s.headers_end as usize];
                 let mut headers = Vec::with_capacity(s.header_count as usize);
-                for (key, value) in (HeaderIter {
-                    bytes: region,
-                    left: s.header_count,
-                }) {
+                for (key, value) in header_entries(region, s.header_count) {
                     let at = |part: &[u8]| part.as_ptr() as usize - self.records.as_ptr() as usize;
                     headers.push(RecordHeader {
                         key: self.records.slice(at(key)..at(key) + key.len()),
@@ -218,39 +205,6 @@ impl ConsumerBatch {
     }
 }
 
-/// The checks of `validate_batch` except the CRC32C (`check_crcs: false`).
-fn validate_header_without_crc(batch: &[u8]) -> Result<BatchHeader, BatchError> {
-    let header = BatchHeader::parse(batch)?;
-    if header.batch_length < MIN_BATCH_LENGTH {
-        return Err(BatchError::BadLength {
-            batch_length: header.batch_length,
-        });
-    }
-    if header.total_size() != batch.len() {
-        return Err(BatchError::LengthMismatch {
-            declared: header.total_size(),
-            actual: batch.len(),
-        });
-    }
-    if header.magic != MAGIC_V2 {
-        return Err(BatchError::BadMagic {
-            magic: header.magic,
-        });
-    }
-    if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
-        return Err(BatchError::BadRecordCount {
-            record_count: header.record_count,
-            last_offset_delta: header.last_offset_delta,
-        });
-    }
-    if header.compression_id() > 4 {
-        return Err(BatchError::UnknownCompression {
-            id: header.compression_id(),
-        });
-    }
-    Ok(header)
-}
-
 /// Decodes one complete batch (`batch` holds exactly it), keeping the
 /// records at or after `position`. Every record is validated, also those
 /// skipped. `Ok(None)` when no record is at or after `position`.
@@ -261,11 +215,7 @@ pub(crate) fn decode_batch(
     position: i64,
     check_crc: bool,
 ) -> Result<(BatchHeader, Option<ConsumerBatch>), BatchError> {
-    let header = if check_crc {
-        validate_batch(&batch)?
-    } else {
-        validate_header_without_crc(&batch)?
-    };
+    let header = validate_batch_checking_crc(&batch, check_crc)?;
     let codec =
         Compression::from_id(header.compression_id()).ok_or(BatchError::UnknownCompression {
             id: header.compression_id(),
@@ -319,7 +269,7 @@ fn parse_spans(
     let mut at = 0usize;
     for index in 0..record_count {
         let bad = |reason| BatchError::BadRecord { index, reason };
-        let record = parse_record(section, at).map_err(bad)?;
+        let record = parse_record(section, at, |_, _| {}).map_err(bad)?;
         let expected = i32::try_from(index).expect("index below record_count, an i32");
         if record.offset_delta != expected {
             return Err(BatchError::BadOffsetDelta {
@@ -342,11 +292,7 @@ fn parse_spans(
                 .ok_or(bad("timestamp overflows i64"))?
         };
         if offset >= position {
-            out.push(RecordSpan {
-                offset,
-                timestamp_ms,
-                ..record.span
-            });
+            out.push(RecordSpan::new(offset, timestamp_ms, &record));
         }
         at = record.end;
     }
@@ -357,164 +303,6 @@ fn parse_spans(
         });
     }
     Ok(())
-}
-
-struct ParsedRecord {
-    timestamp_delta: i64,
-    offset_delta: i32,
-    /// Offset and timestamp left 0: the caller fills them in.
-    span: RecordSpan,
-    end: usize,
-}
-
-/// Reads fields from `bytes[position..]`.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    position: usize,
-}
-
-impl<'a> Reader<'a> {
-    #[inline]
-    fn varint(&mut self) -> Result<i32, &'static str> {
-        let rest = &self.bytes[self.position..];
-        let (value, size) = match short_varint(rest) {
-            Some((raw, size)) => (zigzag_32(raw as u32), size),
-            None => get_varint(rest).map_err(varint_reason)?,
-        };
-        self.position += size;
-        Ok(value)
-    }
-
-    #[inline]
-    fn varlong(&mut self) -> Result<i64, &'static str> {
-        let rest = &self.bytes[self.position..];
-        let (value, size) = match short_varint(rest) {
-            Some((raw, size)) => (zigzag_64(u64::from(raw)), size),
-            None => get_varlong(rest).map_err(varint_reason)?,
-        };
-        self.position += size;
-        Ok(value)
-    }
-
-    /// A nullable byte string of `length` (-1: null) from here.
-    fn take(&mut self, length: i32) -> Result<Option<&'a [u8]>, &'static str> {
-        if length == -1 {
-            return Ok(None);
-        }
-        let length = usize::try_from(length).map_err(|_| "length below -1")?;
-        let end = self
-            .position
-            .checked_add(length)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or("field runs past the end of its record")?;
-        let field = &self.bytes[self.position..end];
-        self.position = end;
-        Ok(Some(field))
-    }
-}
-
-/// The raw (still zigzagged) value of a 1- or 2-byte varint, the sizes
-/// almost every length, delta and count takes; `None`: decode the long way.
-/// Accepts what the full decoder accepts (non-minimal encodings included).
-#[inline]
-fn short_varint(bytes: &[u8]) -> Option<(u16, usize)> {
-    match *bytes {
-        [b0, ..] if b0 < 0x80 => Some((u16::from(b0), 1)),
-        [b0, b1, ..] if b1 < 0x80 => Some((u16::from(b0 & 0x7f) | (u16::from(b1) << 7), 2)),
-        _ => None,
-    }
-}
-
-fn zigzag_32(raw: u32) -> i32 {
-    ((raw >> 1) as i32) ^ -((raw & 1) as i32)
-}
-
-fn zigzag_64(raw: u64) -> i64 {
-    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
-}
-
-fn varint_reason(error: VarintError) -> &'static str {
-    match error {
-        VarintError::Truncated => "truncated varint",
-        VarintError::TooLong => "varint longer than its type allows",
-        VarintError::Overflow => "varint overflows its type",
-    }
-}
-
-/// Parses the record at `section[start..]` (the layout is in
-/// `ringmq_wire::batch::records`). Errors are reasons for
-/// [`BatchError::BadRecord`].
-fn parse_record(section: &[u8], start: usize) -> Result<ParsedRecord, &'static str> {
-    let mut frame = Reader {
-        bytes: section,
-        position: start,
-    };
-    let length = frame.varint()?;
-    let length = usize::try_from(length).map_err(|_| "negative record length")?;
-    let body_start = frame.position;
-    let body_end = body_start
-        .checked_add(length)
-        .filter(|&end| end <= section.len())
-        .ok_or("record length runs past the end of the records")?;
-    // Every field read below is confined to the body.
-    let mut reader = Reader {
-        bytes: &section[..body_end],
-        position: body_start,
-    };
-    if reader.position >= body_end {
-        return Err("record ends before its attributes");
-    }
-    reader.position += 1; // attributes: unused
-    let timestamp_delta = reader.varlong()?;
-    let offset_delta = reader.varint()?;
-    let key_len = reader.varint()?;
-    if key_len < -1 {
-        return Err("key length below -1");
-    }
-    let key_start = reader.position;
-    reader.take(key_len)?;
-    let value_len = reader.varint()?;
-    if value_len < -1 {
-        return Err("value length below -1");
-    }
-    let value_start = reader.position;
-    reader.take(value_len)?;
-    let header_count = reader.varint()?;
-    let header_count = u32::try_from(header_count).map_err(|_| "negative header count")?;
-    let headers_start = reader.position;
-    // A huge count cannot loop for long: each header takes at least 2 bytes.
-    for _ in 0..header_count {
-        let key_len = reader.varint()?;
-        if key_len < 0 {
-            return Err("null or negative header key length");
-        }
-        reader.take(key_len)?;
-        let value_len = reader.varint()?;
-        if value_len < -1 {
-            return Err("header value length below -1");
-        }
-        reader.take(value_len)?;
-    }
-    if reader.position != body_end {
-        return Err("record length does not match its contents");
-    }
-    let pos = |p: usize| u32::try_from(p).expect("records section under 4 GiB");
-    Ok(ParsedRecord {
-        timestamp_delta,
-        offset_delta,
-        span: RecordSpan {
-            offset: 0,
-            timestamp_ms: 0,
-            key_start: pos(key_start),
-            key_len,
-            value_start: pos(value_start),
-            value_len,
-            headers_start: pos(headers_start),
-            headers_end: pos(body_end),
-            header_count,
-        },
-        end: body_end,
-    })
 }
 
 #[cfg(test)]
@@ -596,29 +384,6 @@ mod tests {
                     assert_eq!((&*rec.topic, rec.partition), ("t", 3));
                 }
                 assert_eq!(batch.payload_bytes(), 2 + 2 + 3000);
-            }
-        }
-    }
-
-    /// The short-varint fast path decodes exactly as wire's decoder, for
-    /// every 1- and 2-byte input (minimal or not).
-    #[test]
-    fn short_varints_match_the_wire_decoder() {
-        for b0 in 0..=255u8 {
-            for b1 in 0..=255u8 {
-                let bytes = [b0, b1, 0x00];
-                let mut reader = Reader {
-                    bytes: &bytes,
-                    position: 0,
-                };
-                let want = get_varint(&bytes).map_err(varint_reason);
-                assert_eq!(reader.varint().map(|v| (v, reader.position)), want);
-                let mut reader = Reader {
-                    bytes: &bytes,
-                    position: 0,
-                };
-                let want = get_varlong(&bytes).map_err(varint_reason);
-                assert_eq!(reader.varlong().map(|v| (v, reader.position)), want);
             }
         }
     }

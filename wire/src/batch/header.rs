@@ -141,6 +141,16 @@ pub fn peek_total_size(bytes: &[u8]) -> Option<usize> {
 /// exactly one batch. Record-level checks (varint framing, per-record offset
 /// deltas) are in [`super::records::validate_records`] for uncompressed data.
 pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    validate_batch_checking_crc(bytes, true)
+}
+
+/// [`validate_batch`], with the CRC32C check only when `check_crc` (a
+/// consumer's `check_crcs: false`, Kafka's `check.crcs`); every other check
+/// always runs.
+pub fn validate_batch_checking_crc(
+    bytes: &[u8],
+    check_crc: bool,
+) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     if header.batch_length < MIN_BATCH_LENGTH {
         return Err(BatchError::BadLength {
@@ -158,12 +168,14 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             magic: header.magic,
         });
     }
-    let computed = crc32c::crc32c(&bytes[CRC_START..]);
-    if computed != header.crc {
-        return Err(BatchError::BadCrc {
-            stored: header.crc,
-            computed,
-        });
+    if check_crc {
+        let computed = crc32c::crc32c(&bytes[CRC_START..]);
+        if computed != header.crc {
+            return Err(BatchError::BadCrc {
+                stored: header.crc,
+                computed,
+            });
+        }
     }
     if header.record_count <= 0 {
         return Err(BatchError::BadRecordCount {

@@ -12,7 +12,10 @@ pub mod records;
 
 pub use builder::BatchBuilder;
 pub use compression::Compression;
-pub use header::{validate_batch, BatchHeader, BatchSplitter, SplitBatch, HEADER_SIZE};
+pub use header::{
+    validate_batch, validate_batch_checking_crc, BatchHeader, BatchSplitter, SplitBatch,
+    HEADER_SIZE,
+};
 pub use records::{validate_records, Record, RecordHeader, RecordIter};
 
 /// Why a record batch was refused. Every variant names what was wrong and

@@ -136,10 +136,8 @@ pub fn put_varlong(out: &mut Vec<u8>, value: i64) {
 /// it took.
 #[inline]
 pub fn get_varint(bytes: &[u8]) -> Result<(i32, usize), VarintError> {
-    if let Some(&byte) = bytes.first() {
-        if byte < 0x80 {
-            return Ok((zigzag_decode_32(u32::from(byte)), 1));
-        }
+    if let Some((raw, size)) = short_varint(bytes) {
+        return Ok((zigzag_decode_32(u32::from(raw)), size));
     }
     // 5 bytes carry 35 bits; the 5th may only fill bits 28..32.
     let (value, size) = get_unsigned_varint(bytes, MAX_VARINT_SIZE, 0x0F)?;
@@ -151,14 +149,24 @@ pub fn get_varint(bytes: &[u8]) -> Result<(i32, usize), VarintError> {
 /// bytes it took.
 #[inline]
 pub fn get_varlong(bytes: &[u8]) -> Result<(i64, usize), VarintError> {
-    if let Some(&byte) = bytes.first() {
-        if byte < 0x80 {
-            return Ok((zigzag_decode_64(u64::from(byte)), 1));
-        }
+    if let Some((raw, size)) = short_varint(bytes) {
+        return Ok((zigzag_decode_64(u64::from(raw)), size));
     }
     // 10 bytes carry 70 bits; the 10th may only fill bit 63.
     let (value, size) = get_unsigned_varint(bytes, MAX_VARLONG_SIZE, 0x01)?;
     Ok((zigzag_decode_64(value), size))
+}
+
+/// The raw (still zigzagged) value of a 1- or 2-byte varint, the sizes
+/// almost every length, delta and count takes; `None`: decode the long way.
+/// Accepts what the full decoder accepts (non-minimal encodings included).
+#[inline]
+fn short_varint(bytes: &[u8]) -> Option<(u16, usize)> {
+    match *bytes {
+        [b0, ..] if b0 < 0x80 => Some((u16::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => Some((u16::from(b0 & 0x7f) | (u16::from(b1) << 7), 2)),
+        _ => None,
+    }
 }
 
 /// A record header. Kafka header keys are strings; the key is kept as bytes
@@ -190,13 +198,61 @@ pub struct Record {
 
 /// Where the fields of one record lie in the records section.
 #[derive(Debug)]
-struct RecordSpans {
-    timestamp_delta: i64,
-    offset_delta: i32,
-    key: Option<Range<usize>>,
-    value: Option<Range<usize>>,
+pub struct RecordSpans {
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<Range<usize>>,
+    pub value: Option<Range<usize>>,
+    /// The header entries (after the header count), for [`header_entries`].
+    pub headers: Range<usize>,
+    pub header_count: u32,
     /// First byte after the record.
-    end: usize,
+    pub end: usize,
+}
+
+/// The (key, value) entries of a record's headers, from
+/// `section[spans.headers]` and `spans.header_count` of a record that
+/// [`parse_record`] accepted.
+pub fn header_entries(region: &[u8], count: u32) -> HeaderEntries<'_> {
+    HeaderEntries {
+        reader: Reader {
+            bytes: region,
+            position: 0,
+        },
+        left: count,
+    }
+}
+
+/// Iterator of [`header_entries`].
+pub struct HeaderEntries<'a> {
+    reader: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> Iterator for HeaderEntries<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let reader = &mut self.reader;
+        let bytes = reader.bytes;
+        let entry = (|| {
+            let key_length = reader.varint().ok().filter(|&l| l >= 0)?;
+            let key = reader.span(key_length, "").ok()?;
+            let value = reader.nullable_span("", "").ok()?;
+            Some((&bytes[key], value.map(|v| &bytes[v])))
+        })();
+        // Validated by parse_record: a failure here would be a bug, and
+        // ending the iteration is the safe answer.
+        debug_assert!(entry.is_some(), "headers were validated");
+        if entry.is_none() {
+            self.left = 0;
+        }
+        entry
+    }
 }
 
 /// Reads fields from `bytes[position..]`. Positions are absolute in the
@@ -261,7 +317,7 @@ impl Reader<'_> {
 /// validation allocates nothing). Errors are reasons for
 /// [`BatchError::BadRecord`].
 #[inline]
-fn parse_record(
+pub fn parse_record(
     section: &[u8],
     start: usize,
     mut on_header: impl FnMut(Range<usize>, Option<Range<usize>>),
@@ -289,10 +345,8 @@ fn parse_record(
         "value length below -1",
         "value runs past the end of its record",
     )?;
-    let header_count = reader.varint()?;
-    if header_count < 0 {
-        return Err("negative header count");
-    }
+    let header_count = u32::try_from(reader.varint()?).map_err(|_| "negative header count")?;
+    let headers_start = reader.position;
     // A huge count cannot loop for long: each header takes at least 2 bytes.
     for _ in 0..header_count {
         let key_length = reader.varint()?;
@@ -314,6 +368,8 @@ fn parse_record(
         offset_delta,
         key,
         value,
+        headers: headers_start..body.end,
+        header_count,
         end: body.end,
     })
 }
@@ -710,6 +766,23 @@ mod tests {
             parse_record(&section, 0, |_, _| {}).unwrap_err(),
             "null or negative header key length"
         );
+    }
+
+    /// The 1-2 byte fast path decodes exactly as the general decoder, for
+    /// every 1- and 2-byte input (minimal or not).
+    #[test]
+    fn short_varints_match_the_general_decoder() {
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                let bytes = [b0, b1, 0x00];
+                let want = get_unsigned_varint(&bytes, MAX_VARINT_SIZE, 0x0F)
+                    .map(|(v, n)| (zigzag_decode_32(v as u32), n));
+                assert_eq!(get_varint(&bytes), want);
+                let want = get_unsigned_varint(&bytes, MAX_VARLONG_SIZE, 0x01)
+                    .map(|(v, n)| (zigzag_decode_64(v), n));
+                assert_eq!(get_varlong(&bytes), want);
+            }
+        }
     }
 
     #[test]
