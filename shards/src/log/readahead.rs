@@ -454,64 +454,13 @@ impl ReadAhead {
             stream.issue_position = next_position;
             return Vec::new();
         }
-        let read_bytes = settings.read_bytes();
-        let mut held: usize = stream.chunks.iter().map(|c| c.len).sum();
-        let mut issues = Vec::new();
-        while held + read_bytes <= settings.partition_bytes {
-            let Some(seg) = segments.get(&stream.issue_segment) else {
-                break;
-            };
-            if stream.issue_position >= seg.written_size {
-                // Only a sealed, fully written segment continues in the
-                // next one.
-                if !complete(seg) {
-                    break;
-                }
-                match segments.range(stream.issue_segment + 1..).next() {
-                    Some((&base, next)) if next.file.is_some() => {
-                        stream.issue_segment = base;
-                        stream.issue_position = 0;
-                        continue;
-                    }
-                    _ => break,
-                }
-            }
-            let Some(file) = seg.file.clone() else {
-                break;
-            };
-            let start = stream.issue_position;
-            // Block-aligned ends keep every read after the first aligned.
-            let mut end = align_down(start + read_bytes as u64);
-            if end <= start {
-                end = start + read_bytes as u64;
-            }
-            let end = end.min(seg.written_size);
-            let len = (end - start) as usize;
-            if !self.budget.try_take(len) {
-                break;
-            }
-            let chunk = Rc::new(Chunk {
-                segment: stream.issue_segment,
-                start,
-                len,
-                generation: self.generation.get(),
-                state: RefCell::new(ChunkState::InFlight),
-                done: Event::new(),
-                served: Cell::new(false),
-                budget: self.budget.clone(),
-            });
-            if let Some(last) = stream.chunks.back() {
-                assert!(
-                    (last.segment == chunk.segment && last.end() == start)
-                        || (last.segment < chunk.segment && start == 0),
-                    "read-ahead chunks are contiguous"
-                );
-            }
-            stream.chunks.push_back(chunk.clone());
-            issues.push(Issue { file, chunk });
-            held += len;
-            stream.issue_position = end;
-        }
+        let issues = issue_reads(
+            stream,
+            segments,
+            settings,
+            &self.budget,
+            self.generation.get(),
+        );
         let issued: u64 = issues.iter().map(|i| i.chunk.len as u64).sum();
         let count = issues.len() as u64;
         self.budget.count(|s| {
@@ -534,6 +483,77 @@ impl ReadAhead {
     pub fn release(&mut self) {
         self.stream = None;
     }
+}
+
+/// Issues reads after what `stream` already holds, up to the partition
+/// bound and the shard budget, continuing into the next segment only from a
+/// sealed, fully written one.
+fn issue_reads(
+    stream: &mut Stream,
+    segments: &BTreeMap<i64, Segment>,
+    settings: ReadAheadSettings,
+    budget: &ReadAheadBudget,
+    generation: u64,
+) -> Vec<Issue> {
+    let read_bytes = settings.read_bytes();
+    let mut held: usize = stream.chunks.iter().map(|c| c.len).sum();
+    let mut issues = Vec::new();
+    while held + read_bytes <= settings.partition_bytes {
+        let Some(seg) = segments.get(&stream.issue_segment) else {
+            break;
+        };
+        if stream.issue_position >= seg.written_size {
+            // Only a sealed, fully written segment continues in the
+            // next one.
+            if !complete(seg) {
+                break;
+            }
+            match segments.range(stream.issue_segment + 1..).next() {
+                Some((&base, next)) if next.file.is_some() => {
+                    stream.issue_segment = base;
+                    stream.issue_position = 0;
+                    continue;
+                }
+                _ => break,
+            }
+        }
+        let Some(file) = seg.file.clone() else {
+            break;
+        };
+        let start = stream.issue_position;
+        // Block-aligned ends keep every read after the first aligned.
+        let mut end = align_down(start + read_bytes as u64);
+        if end <= start {
+            end = start + read_bytes as u64;
+        }
+        let end = end.min(seg.written_size);
+        let len = (end - start) as usize;
+        if !budget.try_take(len) {
+            break;
+        }
+        let chunk = Rc::new(Chunk {
+            segment: stream.issue_segment,
+            start,
+            len,
+            generation,
+            state: RefCell::new(ChunkState::InFlight),
+            done: Event::new(),
+            served: Cell::new(false),
+            budget: budget.clone(),
+        });
+        if let Some(last) = stream.chunks.back() {
+            assert!(
+                (last.segment == chunk.segment && last.end() == start)
+                    || (last.segment < chunk.segment && start == 0),
+                "read-ahead chunks are contiguous"
+            );
+        }
+        stream.chunks.push_back(chunk.clone());
+        issues.push(Issue { file, chunk });
+        held += len;
+        stream.issue_position = end;
+    }
+    issues
 }
 
 /// The chunks a cold read may take bytes from (one segment's, in order).
